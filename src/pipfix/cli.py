@@ -1,0 +1,178 @@
+"""Command line: argparse to the operations, and rendering of their reports.
+
+Nothing here decides what to patch; it only parses arguments, calls the API
+and prints (human lines or ``--json``). User errors become one line on stderr
+and a documented exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import operations
+from ._version import __version__
+from .errors import EXIT_ERROR, EXIT_OK, PipfixError
+from .reports import RunReport, WheelReport
+
+EXIT_CODES_HELP = """exit codes:
+  0  success; for check: nothing needs patching
+  1  check: something needs patching
+  2  error: bad input, not a Python installation, I/O failure, lock busy
+  3  a shape the codemods cannot guard safely; that wheel was not written
+"""
+
+
+def _wheel_line(wheel: WheelReport, verbose: bool) -> str:
+    line = f"{wheel.distribution} {wheel.version}: {wheel.action}"
+    if wheel.action in ("would patch", "patched", "not written", "written"):
+        line += f" [{wheel.state}: {wheel.reason}]"
+    elif wheel.action in ("already patched", "nothing to do"):
+        line += f" [{wheel.reason}]"
+    if verbose:
+        line += f"\n    {wheel.path}  sha256={wheel.sha256}"
+        if wheel.backup:
+            line += f"\n    backup: {wheel.backup}"
+        if wheel.output and wheel.output != wheel.path:
+            line += f"\n    output: {wheel.output}"
+    return line
+
+
+def _summary(report: RunReport) -> str:
+    actions = [w.action for w in report.wheels]
+    if not actions:
+        return "no ensurepip wheels found"
+    counts = {a: actions.count(a) for a in dict.fromkeys(actions)}
+    return ", ".join(f"{n} {a}" for a, n in counts.items())
+
+
+def _render(report: RunReport, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+        return
+    if args.quiet:
+        return
+    for wheel in report.wheels:
+        print(_wheel_line(wheel, args.verbose))
+    for install in report.installs:
+        print(f"{install.get('distribution')} {install.get('version')}: {install.get('action')}")
+    print(_summary(report))
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    report = operations.check(args.targets)
+    _render(report, args)
+    return report.exit_code
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    report = operations.apply(args.targets, dry_run=args.dry_run)
+    _render(report, args)
+    return report.exit_code
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    report = operations.restore(args.targets)
+    _render(report, args)
+    return report.exit_code
+
+
+def _cmd_patch_wheel(args: argparse.Namespace) -> int:
+    report = operations.patch_wheel(args.wheels, args.output, in_place=args.in_place)
+    _render(report, args)
+    return report.exit_code
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    text = operations.diff(args.items)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
+    sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def _cmd_list_patches(args: argparse.Namespace) -> int:
+    from .codemods import all_codemods
+
+    codemods = all_codemods()
+    if args.json:
+        print(json.dumps([c.__dict__ | {"upstream": list(c.upstream)} for c in codemods], indent=2))
+        return EXIT_OK
+    for codemod in codemods:
+        print(f"{codemod.id}: {codemod.why}")
+        for reference in codemod.upstream:
+            print(f"    upstream: {reference}")
+    return EXIT_OK
+
+
+def _add_output_flags(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="machine-readable report (schema 1)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also print paths and hashes")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipfix",
+        description="Make the pip and setuptools wheels that ensurepip bundles work on "
+        "statically linked and musl CPython builds.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pipfix {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text, epilog=EXIT_CODES_HELP,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    target_help = "installation prefix or its python executable"
+    sub = command("check", _cmd_check, "report which ensurepip wheels need patching")
+    sub.add_argument("targets", nargs="*", metavar="TARGET", help=f"{target_help} (default: the running Python)")
+    _add_output_flags(sub)
+
+    sub = command("apply", _cmd_apply, "patch the ensurepip wheels in place, keeping exact backups")
+    sub.add_argument("targets", nargs="*", metavar="TARGET", help=f"{target_help} (required unless --dry-run)")
+    sub.add_argument("--dry-run", action="store_true", help="only say what would change")
+    _add_output_flags(sub)
+
+    sub = command("diff", _cmd_diff, "print the unified diff of what would change; writes nothing")
+    sub.add_argument("items", nargs="*", metavar="TARGET|WHEEL", help=f"{target_help}, or wheel files")
+
+    sub = command("restore", _cmd_restore, "put back the exact original wheels")
+    sub.add_argument("targets", nargs="+", metavar="TARGET", help=target_help)
+    _add_output_flags(sub)
+
+    sub = command("patch-wheel", _cmd_patch_wheel, "patch loose wheel files (for build steps)")
+    sub.add_argument("wheels", nargs="+", metavar="WHEEL", type=Path)
+    where = sub.add_mutually_exclusive_group(required=True)
+    where.add_argument("-o", "--output", type=Path, metavar="DIR", help="write results to DIR")
+    where.add_argument("--in-place", action="store_true", help="replace the files, keeping backups")
+    _add_output_flags(sub)
+
+    sub = command("list-patches", _cmd_list_patches, "list the codemods, why they exist and upstream references")
+    sub.add_argument("--json", action="store_true", help="machine-readable list")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except PipfixError as exc:
+        print(f"pipfix: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"pipfix: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("pipfix: interrupted", file=sys.stderr)
+        return 130

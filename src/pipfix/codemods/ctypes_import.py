@@ -1,0 +1,246 @@
+"""Codemod ``ctypes-import``: a ctypes import that raises OSError means "no glibc".
+
+``ctypes/__init__.py`` itself calls ``dlopen(NULL)`` (``pythonapi = PyDLL(None)``),
+so on a statically linked interpreter ``import ctypes`` raises OSError, not
+ImportError.  Only glibc-detection modules (they mention
+``gnu_get_libc_version``) are touched:
+
+1. ``try: import ctypes / except ImportError:`` also catches OSError;
+2. an unguarded import in a function becomes
+   ``try: ... except (ImportError, OSError): return None``;
+3. an unguarded module-level import binds ``ctypes = None`` on failure, and
+   every function reading the name starts with ``if ctypes is None: return None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import libcst as cst
+from libcst.metadata import ComprehensionScope, FunctionScope, MetadataWrapper, ScopeProvider
+
+from .helpers import (
+    IMPORTERROR_CATCHERS,
+    AncestorVisitor,
+    Handler,
+    Outcome,
+    Site,
+    Statement,
+    add_oserror,
+    as_line,
+    assign_none,
+    enclosing_tries,
+    guard,
+    handler_catches,
+    if_none_return,
+    import_bindings,
+    is_ctypes,
+    is_protected,
+    locate,
+    outcome,
+    return_none,
+    try_catches,
+)
+from .model import CodemodInfo
+from .prefilter import is_glibc_detection_module
+
+INFO = CodemodInfo(
+    id="ctypes-import",
+    why="import ctypes raises OSError (not ImportError) where dlopen(NULL) fails; "
+    "glibc detection treats that as no glibc",
+    upstream=("pypa/pip#6543",),
+)
+
+_CATCH = ("ImportError", "OSError")
+_WHERE = {
+    "FunctionScope": "in a lambda",
+    "ClassScope": "in a class body",
+    "GlobalScope": "at module level",
+}
+_Problems = list[tuple[cst.CSTNode, str]]
+
+
+def applies_to(source: bytes) -> bool:
+    """Only glibc-detection modules: elsewhere a broken ctypes may well be an error."""
+    return is_glibc_detection_module(source)
+
+
+class _Finder(AncestorVisitor):
+    """Collects every ctypes import with its ancestors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.imports: list[tuple[cst.Import | cst.ImportFrom, tuple[cst.CSTNode, ...]]] = []
+
+    def _record(self, node: cst.Import | cst.ImportFrom) -> None:
+        if any(is_ctypes(target) for _, target in import_bindings(node)):
+            self.imports.append((node, tuple(self.ancestors)))
+
+    def visit_Import(self, node: cst.Import) -> None:
+        self._record(node)
+
+    def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
+        self._record(node)
+
+
+class _Plan:
+    """Nodes to change, keyed by identity in the tree that was analysed."""
+
+    def __init__(self) -> None:
+        self.handlers: set[Handler] = set()
+        self.return_on_failure: set[Statement] = set()
+        self.none_on_failure: dict[Statement, list[str]] = {}
+        self.function_checks: dict[cst.FunctionDef, str] = {}
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.handlers or self.return_on_failure or self.none_on_failure or self.function_checks
+        )
+
+
+def _module_level(
+    site: Site, node: cst.Import | cst.ImportFrom, plan: _Plan, problems: _Problems
+) -> None:
+    """Rule 3: ``except (ImportError, OSError): ctypes = None`` needs a lone import."""
+    bindings = import_bindings(node)
+    if len(site.statement.body) != 1:
+        problems.append((node, "module-level ctypes import shares its line with other statements"))
+    elif not all(is_ctypes(target) for _, target in bindings):
+        problems.append((node, "module-level import of ctypes together with other modules"))
+    elif any(local == "*" for local, _ in bindings):
+        problems.append((node, "module-level 'from ctypes import *': names unknown"))
+    else:
+        plan.none_on_failure[site.statement] = [local for local, _ in bindings]
+
+
+def _readers(module: cst.Module, plan: _Plan, problems: _Problems) -> None:
+    """Rule 3, second half: every function reading a name that may now be None checks it."""
+    scopes = MetadataWrapper(module, unsafe_skip_copy=True).resolve(ScopeProvider)
+    global_scope = scopes[module]
+    assert global_scope is not None
+    for statement, names in plan.none_on_failure.items():
+        import_node = statement.body[0]
+        for name in names:
+            for assignment in global_scope.assignments[name]:
+                if getattr(assignment, "node", None) is not import_node:
+                    continue
+                for access in assignment.references:
+                    scope = access.scope
+                    while isinstance(scope, ComprehensionScope):
+                        scope = scope.parent
+                    if isinstance(scope, FunctionScope) and isinstance(scope.node, cst.FunctionDef):
+                        plan.function_checks.setdefault(scope.node, name)
+                    else:
+                        where = _WHERE.get(type(scope).__name__, "outside a function")
+                        reason = f"{name!r} is read {where}; it could be None"
+                        problems.append((access.node, reason))
+
+
+def _is_docstring(statement: cst.BaseStatement) -> bool:
+    if not isinstance(statement, cst.SimpleStatementLine) or len(statement.body) != 1:
+        return False
+    expr = statement.body[0]
+    return isinstance(expr, cst.Expr) and isinstance(
+        expr.value, (cst.SimpleString, cst.ConcatenatedString)
+    )
+
+
+def _with_check(body: cst.BaseSuite, name: str) -> cst.BaseSuite:
+    """Put ``if <name> is None: return None`` first in ``body`` (after a docstring).
+
+    A ``# type: (...) -> ...`` signature comment must stay right under the
+    ``def`` line, so it moves above the check.
+    """
+    check = if_none_return(name)
+    if not isinstance(body, cst.IndentedBlock):
+        assert isinstance(body, cst.SimpleStatementSuite)
+        return cst.IndentedBlock([check, as_line(body)])
+    statements = list(body.body)
+    index = 1 if statements and _is_docstring(statements[0]) else 0
+    first = statements[0] if index == 0 and statements else None
+    if isinstance(first, (cst.SimpleStatementLine, cst.BaseCompoundStatement)):
+        lines = first.leading_lines
+        if lines and lines[0].comment is not None and lines[0].comment.value.startswith("# type:"):
+            check = check.with_changes(leading_lines=lines[:1])
+            statements[0] = first.with_changes(leading_lines=lines[1:])
+    statements.insert(index, check)
+    return body.with_changes(body=statements)
+
+
+class _Apply(cst.CSTTransformer):
+    def __init__(self, plan: _Plan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def _guarded(self, original: Statement, line: cst.SimpleStatementLine) -> cst.Try | None:
+        if original in self.plan.return_on_failure:
+            return guard(line, _CATCH, return_none())
+        names = self.plan.none_on_failure.get(original)
+        if names is not None:
+            return guard(line, _CATCH, assign_none(names))
+        return None
+
+    def leave_SimpleStatementLine(
+        self, original_node: cst.SimpleStatementLine, updated_node: cst.SimpleStatementLine
+    ) -> cst.BaseStatement:
+        return self._guarded(original_node, updated_node) or updated_node
+
+    def leave_SimpleStatementSuite(
+        self, original_node: cst.SimpleStatementSuite, updated_node: cst.SimpleStatementSuite
+    ) -> cst.BaseSuite:
+        wrapped = self._guarded(original_node, as_line(updated_node))
+        return updated_node if wrapped is None else cst.IndentedBlock([wrapped])
+
+    def leave_ExceptHandler(
+        self, original_node: cst.ExceptHandler, updated_node: cst.ExceptHandler
+    ) -> cst.ExceptHandler:
+        if original_node in self.plan.handlers and updated_node.type is not None:
+            return updated_node.with_changes(type=add_oserror(updated_node.type))
+        return updated_node
+
+    def leave_ExceptStarHandler(
+        self, original_node: cst.ExceptStarHandler, updated_node: cst.ExceptStarHandler
+    ) -> cst.ExceptStarHandler:
+        if original_node in self.plan.handlers:
+            return updated_node.with_changes(type=add_oserror(updated_node.type))
+        return updated_node
+
+    def leave_FunctionDef(
+        self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef
+    ) -> cst.BaseStatement:
+        name = self.plan.function_checks.get(original_node)
+        if name is None:
+            return updated_node
+        return updated_node.with_changes(body=_with_check(updated_node.body, name))
+
+
+def _first_importerror_handler(tries: Sequence[cst.Try | cst.TryStar]) -> Handler | None:
+    for node in tries:
+        if try_catches(node, IMPORTERROR_CATCHERS):
+            return next(h for h in node.handlers if handler_catches(h, IMPORTERROR_CATCHERS))
+    return None
+
+
+def run(module: cst.Module) -> Outcome:
+    """Make every ctypes import of a glibc-detection module survive OSError."""
+    finder = _Finder()
+    module.visit(finder)
+    plan = _Plan()
+    problems: _Problems = []
+    for node, ancestors in finder.imports:
+        if is_protected(ancestors, node):
+            continue
+        handler = _first_importerror_handler(list(enclosing_tries(ancestors, node)))
+        if handler is not None:
+            plan.handlers.add(handler)
+            continue
+        site = locate(ancestors)
+        if isinstance(site, str):
+            problems.append((node, f"ctypes import {site}: cannot guard safely"))
+        elif isinstance(site.owner, cst.FunctionDef):
+            plan.return_on_failure.add(site.statement)
+        else:
+            _module_level(site, node, plan, problems)
+    if plan.none_on_failure and not problems:
+        _readers(module, plan, problems)
+    return outcome(module, _Apply(plan) if plan else None, problems)

@@ -1,0 +1,68 @@
+"""Runs the codemods over one source file (imported lazily: it pulls in libcst)."""
+
+from __future__ import annotations
+
+import ast
+from typing import Protocol
+
+import libcst as cst
+
+from . import ctypes_import, dlopen_self
+from .helpers import Outcome
+from .model import CodemodInfo, SourceResult, Unpatchable
+from .prefilter import could_need_change
+
+
+class Codemod(Protocol):
+    """What the modules in ``REGISTRY`` provide."""
+
+    @property
+    def INFO(self) -> CodemodInfo: ...
+
+    def applies_to(self, source: bytes) -> bool: ...
+
+    def run(self, module: cst.Module) -> Outcome: ...
+
+
+# Order matters only for SourceResult.applied; the codemods do not interfere.
+REGISTRY: tuple[Codemod, ...] = (dlopen_self, ctypes_import)
+
+
+def transform_source(path: str, source: bytes) -> SourceResult:
+    """Parse ``source`` once, run every applicable codemod, keep bytes otherwise intact."""
+    if not could_need_change(source):
+        return SourceResult(source, (), ())
+    try:
+        original = cst.parse_module(source)
+    except cst.ParserSyntaxError as exc:
+        return SourceResult(source, (), (_unparsable(path, source, exc),))
+    module = original
+    applied: list[str] = []
+    unpatchable: list[Unpatchable] = []
+    for codemod in REGISTRY:
+        if not codemod.applies_to(source):
+            continue
+        outcome = codemod.run(module)
+        if outcome.problems and module is not original:
+            # Report line numbers of the input, not of the partly patched tree.
+            outcome = codemod.run(original)
+        unpatchable.extend(Unpatchable(path, line, reason) for line, reason in outcome.problems)
+        if outcome.changed:
+            applied.append(codemod.INFO.id)
+            module = outcome.module
+    return SourceResult(module.bytes if applied else source, tuple(applied), tuple(unpatchable))
+
+
+def _unparsable(path: str, source: bytes, exc: cst.ParserSyntaxError) -> Unpatchable:
+    """Report a file libcst cannot parse, at the line CPython's parser names if it can."""
+    try:
+        ast.parse(source)
+    except SyntaxError as error:
+        return Unpatchable(path, error.lineno or exc.raw_line, f"cannot parse: {error.msg}")
+    except ValueError:  # e.g. NUL bytes
+        pass
+    return Unpatchable(path, exc.raw_line, "libcst cannot parse this file")
+
+
+def all_codemods() -> tuple[CodemodInfo, ...]:
+    return tuple(codemod.INFO for codemod in REGISTRY)

@@ -1,0 +1,317 @@
+"""libcst helpers shared by the codemods.
+
+Both codemods ask the same questions about a node: does an enclosing ``try`` in
+the same function already catch OSError, which statement would have to be
+wrapped, and is that statement somewhere a ``try`` can be put at all.  They also
+build the same guard shapes.  Ancestors are tracked with a stack while visiting
+(``AncestorVisitor``) instead of ``ParentNodeProvider``: one plain pass is much
+cheaper than resolving metadata for every node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import libcst as cst
+from libcst.metadata import MetadataWrapper, PositionProvider
+
+OSERROR_CATCHERS = frozenset(
+    {"OSError", "IOError", "EnvironmentError", "Exception", "BaseException"}
+)
+IMPORTERROR_CATCHERS = frozenset({"ImportError", "ModuleNotFoundError"})
+
+TryNode = Union[cst.Try, cst.TryStar]
+Handler = Union[cst.ExceptHandler, cst.ExceptStarHandler]
+Statement = Union[cst.SimpleStatementLine, cst.SimpleStatementSuite]
+Owner = Union[cst.FunctionDef, cst.Module]
+
+# Blocks a statement may sit in (as body, else, handler, finally) on its way up
+# to the function or module that owns it.
+_BLOCKS = (
+    cst.IndentedBlock,
+    cst.If,
+    cst.Else,
+    cst.For,
+    cst.While,
+    cst.With,
+    cst.Try,
+    cst.TryStar,
+    cst.ExceptHandler,
+    cst.ExceptStarHandler,
+    cst.Finally,
+    cst.Match,
+    cst.MatchCase,
+)
+_COMPREHENSIONS = (cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp)
+_HEADERS: dict[type[cst.CSTNode], str] = {
+    cst.If: "in the test of an if statement",
+    cst.While: "in the test of a while loop",
+    cst.For: "in the header of a for loop",
+    cst.With: "in a with item",
+    cst.Match: "in a match subject",
+    cst.MatchCase: "in a case pattern or guard",
+    cst.ExceptHandler: "in an except clause",
+    cst.ExceptStarHandler: "in an except clause",
+    cst.FunctionDef: "in a function signature",
+    cst.ClassDef: "in a class definition header",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one codemod did to a module: the new tree, or (line, reason) problems.
+
+    A codemod with problems leaves the module untouched: half a patch is harder
+    to reason about than none.
+    """
+
+    module: cst.Module
+    changed: bool
+    problems: tuple[tuple[int, str], ...]
+
+
+def outcome(
+    module: cst.Module,
+    transformer: cst.CSTTransformer | None,
+    problems: Sequence[tuple[cst.CSTNode, str]],
+) -> Outcome:
+    """Apply ``transformer`` unless there are problems, which are reported by line."""
+    if problems:
+        lines = first_lines(module, [node for node, _ in problems])
+        reported = tuple((line, reason) for line, (_, reason) in zip(lines, problems))
+        return Outcome(module, changed=False, problems=reported)
+    if transformer is None:
+        return Outcome(module, changed=False, problems=())
+    return Outcome(module.visit(transformer), changed=True, problems=())
+
+
+class AncestorVisitor(cst.CSTVisitor):
+    """A visitor that knows the ancestors (outermost first) of the node being visited."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ancestors: list[cst.CSTNode] = []
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        descend = super().on_visit(node)
+        self.ancestors.append(node)
+        return descend
+
+    def on_leave(self, original_node: cst.CSTNode) -> None:
+        self.ancestors.pop()
+        super().on_leave(original_node)
+
+
+def caught_names(handler: Handler) -> frozenset[str] | None:
+    """Exception names an ``except`` clause lists; None for a bare ``except:``."""
+    if handler.type is None:
+        return None
+    exprs: Iterable[cst.BaseExpression]
+    if isinstance(handler.type, cst.Tuple):
+        exprs = (element.value for element in handler.type.elements)
+    else:
+        exprs = (handler.type,)
+    names = set()
+    for expr in exprs:
+        if isinstance(expr, cst.Name):
+            names.add(expr.value)
+        elif isinstance(expr, cst.Attribute):
+            names.add(expr.attr.value)
+    return frozenset(names)
+
+
+def handler_catches(handler: Handler, wanted: frozenset[str]) -> bool:
+    names = caught_names(handler)
+    return names is None or not names.isdisjoint(wanted)
+
+
+def try_catches(node: TryNode, wanted: frozenset[str]) -> bool:
+    return any(handler_catches(handler, wanted) for handler in node.handlers)
+
+
+def enclosing_tries(ancestors: Sequence[cst.CSTNode], node: cst.CSTNode) -> Iterator[TryNode]:
+    """The ``try`` statements whose body holds ``node``, innermost first.
+
+    Only tries of the same function count: the walk stops at the body of a
+    ``def`` or ``lambda`` (and at a generator expression, which runs later).
+    Handlers, ``else`` and ``finally`` blocks are not protected by their try.
+    """
+    child = node
+    for parent in reversed(ancestors):
+        if isinstance(parent, (cst.Try, cst.TryStar)) and parent.body is child:
+            yield parent
+        if isinstance(parent, (cst.FunctionDef, cst.Lambda)) and parent.body is child:
+            return
+        if isinstance(parent, cst.GeneratorExp):
+            return
+        child = parent
+
+
+def is_protected(ancestors: Sequence[cst.CSTNode], node: cst.CSTNode) -> bool:
+    """True if an enclosing try of the same function catches OSError."""
+    return any(try_catches(t, OSERROR_CATCHERS) for t in enclosing_tries(ancestors, node))
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a guard can go: the statement to wrap and the def or module owning it."""
+
+    statement: Statement
+    owner: Owner
+
+
+def locate(ancestors: Sequence[cst.CSTNode]) -> Site | str:
+    """Find the statement holding a node (given its ancestors) and the statement's
+    owner, or say why there is none.
+
+    The returned string completes a sentence such as "ctypes.CDLL(None) ...".
+    """
+    depth = len(ancestors) - 1
+    while depth >= 0:
+        parent = ancestors[depth]
+        if isinstance(parent, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
+            break
+        if isinstance(parent, cst.Lambda):
+            return "in a lambda"
+        if isinstance(parent, _COMPREHENSIONS):
+            return "in a comprehension or generator expression"
+        if isinstance(parent, cst.Decorator):
+            return "in a decorator"
+        if isinstance(parent, cst.Param):
+            return "in a default argument or parameter annotation"
+        if type(parent) in _HEADERS:
+            return _HEADERS[type(parent)]
+        if isinstance(parent, (cst.BaseSuite, cst.BaseCompoundStatement, cst.Module)):
+            return f"in an unsupported position ({type(parent).__name__})"
+        depth -= 1
+    else:
+        return "outside any statement"
+    statement = ancestors[depth]
+    assert isinstance(statement, (cst.SimpleStatementLine, cst.SimpleStatementSuite))
+    for parent in reversed(ancestors[:depth]):
+        if isinstance(parent, (cst.FunctionDef, cst.Module)):
+            return Site(statement, parent)
+        if isinstance(parent, cst.ClassDef):
+            return "in a class body"
+        if not isinstance(parent, _BLOCKS):
+            return f"in an unsupported block ({type(parent).__name__})"
+    return "outside any module"
+
+
+def dotted_name(node: cst.BaseExpression) -> str | None:
+    """``a.b.c`` for a Name/Attribute chain, else None."""
+    if isinstance(node, cst.Name):
+        return node.value
+    if isinstance(node, cst.Attribute):
+        base = dotted_name(node.value)
+        return None if base is None else f"{base}.{node.attr.value}"
+    return None
+
+
+def import_bindings(node: cst.Import | cst.ImportFrom) -> list[tuple[str, str]]:
+    """(bound name, dotted name it refers to) for each name an import binds.
+
+    ``from m import *`` gives ``("*", "m")``; relative imports give nothing.
+    """
+    if isinstance(node, cst.Import):
+        bindings = []
+        for alias in node.names:
+            full = dotted_name(alias.name) or ""
+            if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+                bindings.append((alias.asname.name.value, full))
+            else:
+                head = full.partition(".")[0]
+                bindings.append((head, head))
+        return bindings
+    if node.relative or node.module is None:
+        return []
+    module = dotted_name(node.module) or ""
+    if isinstance(node.names, cst.ImportStar):
+        return [("*", module)]
+    bindings = []
+    for alias in node.names:
+        name = dotted_name(alias.name) or ""
+        local = name
+        if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+            local = alias.asname.name.value
+        bindings.append((local, f"{module}.{name}"))
+    return bindings
+
+
+def is_ctypes(dotted: str) -> bool:
+    """True for ``ctypes`` and anything inside it (importing any of it runs ctypes)."""
+    return dotted == "ctypes" or dotted.startswith("ctypes.")
+
+
+def _names(*names: str) -> cst.BaseExpression:
+    if len(names) == 1:
+        return cst.Name(names[0])
+    comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+    elements = [cst.Element(cst.Name(name), comma=comma) for name in names[:-1]]
+    return cst.Tuple([*elements, cst.Element(cst.Name(names[-1]))])
+
+
+def return_none() -> cst.SimpleStatementLine:
+    return cst.SimpleStatementLine([cst.Return(cst.Name("None"))])
+
+
+def assign_none(names: Sequence[str]) -> cst.SimpleStatementLine:
+    targets = [cst.AssignTarget(cst.Name(name)) for name in names]
+    return cst.SimpleStatementLine([cst.Assign(targets, cst.Name("None"))])
+
+
+def as_line(statement: Statement) -> cst.SimpleStatementLine:
+    """The small statements of a one-line suite (``if x: y``) as a line of their own."""
+    if isinstance(statement, cst.SimpleStatementLine):
+        return statement
+    trailing = statement.trailing_whitespace
+    return cst.SimpleStatementLine(statement.body, trailing_whitespace=trailing)
+
+
+def guard(
+    line: cst.SimpleStatementLine, catch: Sequence[str], handler: cst.SimpleStatementLine
+) -> cst.Try:
+    """``try: <line> except <catch>: <handler>``.
+
+    Comments and blank lines above ``line`` move above the ``try:`` so they stay
+    where they were; a trailing comment stays on the line itself.
+    """
+    return cst.Try(
+        body=cst.IndentedBlock([line.with_changes(leading_lines=())]),
+        handlers=[cst.ExceptHandler(cst.IndentedBlock([handler]), type=_names(*catch))],
+        leading_lines=line.leading_lines,
+    )
+
+
+def add_oserror(expr: cst.BaseExpression) -> cst.BaseExpression:
+    """``ImportError`` -> ``(ImportError, OSError)``; ``(A, B)`` -> ``(A, B, OSError)``."""
+    oserror = cst.Name("OSError")
+    if isinstance(expr, cst.Tuple) and expr.elements:
+        *rest, last = expr.elements
+        separator = rest[-1].comma if rest else cst.MaybeSentinel.DEFAULT
+        if not isinstance(separator, cst.Comma):
+            separator = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+        new_last = cst.Element(oserror, comma=last.comma)
+        return expr.with_changes(elements=[*rest, last.with_changes(comma=separator), new_last])
+    comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+    bare = expr.with_changes(lpar=(), rpar=())
+    elements = [cst.Element(bare, comma=comma), cst.Element(oserror)]
+    if expr.lpar:
+        return cst.Tuple(elements, lpar=expr.lpar, rpar=expr.rpar)
+    return cst.Tuple(elements)
+
+
+def if_none_return(name: str) -> cst.If:
+    """``if <name> is None: return None``."""
+    test = cst.Comparison(cst.Name(name), [cst.ComparisonTarget(cst.Is(), cst.Name("None"))])
+    return cst.If(test, cst.IndentedBlock([return_none()]))
+
+
+def first_lines(module: cst.Module, nodes: Sequence[cst.CSTNode]) -> list[int]:
+    """1-based start line of each node (metadata is resolved only when needed)."""
+    if not nodes:
+        return []
+    positions = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
+    return [positions[node].start.line for node in nodes]

@@ -1,0 +1,220 @@
+"""The commands behind the CLI and the Python API: apply, check, diff, restore, patch-wheel.
+
+Each command plans every wheel first (verify, classify, compute the patch in
+memory) and only then writes, under the target's lock; bad input therefore
+stops a run before anything on disk changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from . import patcher, record, store
+from .errors import (
+    EXIT_NEEDS_ATTENTION,
+    EXIT_OK,
+    EXIT_UNPATCHABLE,
+    PipfixError,
+    VerificationError,
+)
+from .patcher import WheelPlan, WheelState
+from .reports import RunReport, WheelReport
+from .target import Installation, find_installation, running_interpreter_prefix
+
+def _installations(targets: Sequence[str | Path], *, default: bool) -> list[Installation]:
+    if not targets:
+        if not default:
+            raise PipfixError(Path("."), "name a target: commands that write never default to the running Python")
+        targets = [running_interpreter_prefix()]
+    return [find_installation(t) for t in targets]
+
+
+def _wheel_paths(installations: Iterable[Installation]) -> list[Path]:
+    paths: dict[Path, None] = {}
+    for installation in installations:
+        paths.update(dict.fromkeys(installation.ensurepip_wheels()))
+    return list(paths)
+
+
+def _report(plan: WheelPlan, action: str, **extra: object) -> WheelReport:
+    wheel = plan.wheel
+    existing = plan.existing
+    fields: dict[str, object] = dict(
+        path=str(wheel.path),
+        distribution=wheel.distribution,
+        version=wheel.version,
+        state=plan.state.value,
+        action=action,
+        reason=plan.reason,
+        patches=existing.patches if existing else plan.patches,
+        changed_files=existing.changed_files if existing else tuple(c.path for c in plan.changes),
+        sha256=wheel.sha256,
+        original_sha256=existing.original_sha256 if existing else wheel.sha256,
+    )
+    fields.update(extra)
+    return WheelReport(**fields)  # type: ignore[arg-type]
+
+
+def _write_patched(plan: WheelPlan, destination: Path, *, backup: bool) -> WheelReport:
+    """Build, verify and atomically place the patched wheel at ``destination``."""
+    data = plan.build()
+    backup_path = store.ensure_backup(plan.wheel.path, plan.wheel.data) if backup else None
+    store.replace_atomically(
+        destination, data, lambda temporary: patcher.verify_output(temporary, data, plan)
+    )
+    return _report(
+        plan,
+        "patched" if backup else "written",
+        sha256=store.sha256_file(destination),
+        backup=str(backup_path) if backup_path else None,
+        output=str(destination),
+    )
+
+
+def _exit_code(plans: Iterable[WheelPlan], *, applied: bool) -> int:
+    states = {plan.state for plan in plans}
+    if WheelState.UNPATCHABLE in states:
+        return EXIT_UNPATCHABLE if applied else EXIT_NEEDS_ATTENTION
+    if not applied and WheelState.NEEDS_PATCH in states:
+        return EXIT_NEEDS_ATTENTION
+    return EXIT_OK
+
+
+_IDLE_ACTIONS = {
+    WheelState.PATCHED: "already patched",
+    WheelState.SAFE: "nothing to do",
+    WheelState.UNPATCHABLE: "not written",
+}
+
+
+def check(targets: Sequence[str | Path] = ()) -> RunReport:
+    """Which ensurepip wheels need patching; exit 1 when any does."""
+    installations = _installations(targets, default=True)
+    plans = [patcher.plan(path) for path in _wheel_paths(installations)]
+    reports = tuple(
+        _report(p, "would patch" if p.state is WheelState.NEEDS_PATCH else _IDLE_ACTIONS[p.state])
+        for p in plans
+    )
+    return RunReport(
+        "check",
+        tuple(str(i.prefix) for i in installations),
+        reports,
+        _exit_code(plans, applied=False),
+    )
+
+
+def apply(targets: Sequence[str | Path] = (), *, dry_run: bool = False) -> RunReport:
+    """Patch every ensurepip wheel of the targets in place, keeping exact backups."""
+    installations = _installations(targets, default=dry_run)
+    if dry_run:
+        report = check(targets)
+        return RunReport("apply", report.targets, report.wheels, _dry_exit(report), dry_run=True)
+    locks = [i.state_dir for i in installations]
+    with _locked(locks):
+        plans = [patcher.plan(path) for path in _wheel_paths(installations)]
+        reports = []
+        for plan in plans:
+            if plan.state is WheelState.NEEDS_PATCH:
+                reports.append(_write_patched(plan, plan.wheel.path, backup=True))
+            else:
+                reports.append(_report(plan, _IDLE_ACTIONS[plan.state]))
+    return RunReport(
+        "apply",
+        tuple(str(i.prefix) for i in installations),
+        tuple(reports),
+        _exit_code(plans, applied=True),
+    )
+
+
+def _dry_exit(report: RunReport) -> int:
+    unpatchable = any(w.state == WheelState.UNPATCHABLE.value for w in report.wheels)
+    return EXIT_UNPATCHABLE if unpatchable else EXIT_OK
+
+
+@contextlib.contextmanager
+def _locked(directories: Iterable[Path]) -> Iterator[None]:
+    """Hold the locks of several targets, taken in a fixed order (no deadlock)."""
+    with contextlib.ExitStack() as stack:
+        for directory in sorted(set(directories)):
+            stack.enter_context(store.target_lock(directory))
+        yield
+
+
+def diff(items: Sequence[str | Path] = ()) -> str:
+    """The unified diff pipfix would apply, for a target or for wheel files."""
+    wheel_files = [Path(i) for i in items if str(i).endswith(".whl")]
+    others = [i for i in items if not str(i).endswith(".whl")]
+    paths = list(wheel_files)
+    if others or not items:
+        paths += _wheel_paths(_installations(others, default=True))
+    return "".join(patcher.plan(path).diff() for path in paths)
+
+
+def restore(targets: Sequence[str | Path]) -> RunReport:
+    """Put back the exact original of every wheel pipfix patched in the targets."""
+    installations = _installations(targets, default=False)
+    reports: list[WheelReport] = []
+    with _locked(i.state_dir for i in installations):
+        for path in _wheel_paths(installations):
+            reports.append(_restore_one(path))
+    code = EXIT_OK
+    return RunReport("restore", tuple(str(i.prefix) for i in installations), tuple(reports), code)
+
+
+def _restore_one(path: Path) -> WheelReport:
+    backup = store.backup_path_for(path)
+    plan = patcher.plan(path)
+    if plan.state is not WheelState.PATCHED:
+        if backup.exists() and store.sha256_file(backup) == plan.wheel.sha256:
+            backup.unlink()  # a restore interrupted after its rename
+            store.clean_state_dir(backup.parent)
+        return _report(plan, "already original")
+    assert plan.existing is not None
+    if not backup.exists():
+        raise PipfixError(path, f"patched by pipfix but its backup {backup} is missing")
+    original = backup.read_bytes()
+    if record.sha256_hex(original) != plan.existing.original_sha256:
+        raise PipfixError(backup, f"backup does not match the original recorded in {path.name}")
+    store.replace_atomically(path, original, store.expect_sha256(plan.existing.original_sha256))
+    backup.unlink()
+    store.clean_state_dir(backup.parent)
+    restored = patcher.plan(path)
+    return _report(restored, "restored")
+
+
+def patch_wheel(
+    wheels: Sequence[str | Path], out_dir: str | Path | None = None, *, in_place: bool = False
+) -> RunReport:
+    """The same pipeline for loose wheel files (build steps)."""
+    if (out_dir is None) == (not in_place):
+        raise PipfixError(Path("."), "give exactly one of an output directory or in-place")
+    paths = [Path(w).absolute() for w in wheels]
+    for path in paths:
+        if not path.is_file():
+            raise VerificationError(path, "no such wheel file")
+    destination_dir = Path(out_dir).absolute() if out_dir is not None else None
+    if destination_dir is not None and not destination_dir.is_dir():
+        raise PipfixError(destination_dir, "output directory does not exist")
+    plans = [patcher.plan(path) for path in paths]
+    reports = []
+    lock_dirs = {store.state_dir_for(p) for p in paths} if in_place else set()
+    with _locked(lock_dirs):
+        for plan in plans:
+            reports.append(_patch_one(plan, destination_dir))
+    return RunReport("patch-wheel", tuple(str(p) for p in paths), tuple(reports), _exit_code(plans, applied=True))
+
+
+def _patch_one(plan: WheelPlan, destination_dir: Path | None) -> WheelReport:
+    if plan.state is WheelState.NEEDS_PATCH:
+        if destination_dir is None:
+            return _write_patched(plan, plan.wheel.path, backup=True)
+        return _write_patched(plan, destination_dir / plan.wheel.path.name, backup=False)
+    if destination_dir is not None and plan.state is not WheelState.UNPATCHABLE:
+        destination = destination_dir / plan.wheel.path.name
+        if destination != plan.wheel.path:
+            store.replace_atomically(destination, plan.wheel.data, store.expect_sha256(plan.wheel.sha256))
+        return _report(plan, "written", output=str(destination))
+    return _report(plan, _IDLE_ACTIONS[plan.state])
+

@@ -1,0 +1,174 @@
+"""Safe writes: exact backups, atomic replacement, and a lock per target.
+
+Every file pipfix changes goes through ``replace_atomically``: the new bytes go
+to a temporary file in the same directory, are verified, fsynced, and only
+then renamed over the old file, so a crash leaves either the old or the new
+file, never a torn one. Backups sit in a ``.pipfix`` directory next to the
+file, where ensurepip never looks (it only picks ``pip-*.whl`` /
+``setuptools-*.whl`` from the wheel directory itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import LockBusyError, PipfixError, describe_os_error
+
+STATE_DIRNAME = ".pipfix"
+BACKUP_SUFFIX = ".orig"
+
+
+def state_dir_for(path: Path) -> Path:
+    """The ``.pipfix`` directory that serves ``path`` (itself, for files inside one)."""
+    return path.parent if path.parent.name == STATE_DIRNAME else path.parent / STATE_DIRNAME
+
+
+def backup_path_for(path: Path) -> Path:
+    """Where the exact original of ``path`` is kept."""
+    return state_dir_for(path) / (path.name + BACKUP_SUFFIX)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    if sys.platform == "win32":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ensure_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise PipfixError(directory, f"cannot create: {describe_os_error(exc)}") from None
+
+
+def replace_atomically(
+    path: Path, data: bytes, verify: Callable[[Path], None] | None = None
+) -> None:
+    """Write ``data`` to ``path`` via a verified, fsynced temporary file.
+
+    The temporary file has the final file name inside a private directory next
+    to ``path`` (same filesystem), so readers that insist on a wheel file name
+    can verify it before the rename.
+    """
+    state = state_dir_for(path)
+    _ensure_dir(state)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=state))
+    except OSError as exc:
+        raise PipfixError(state, f"cannot write: {describe_os_error(exc)}") from None
+    temporary = staging / path.name
+    try:
+        with temporary.open("xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            shutil.copymode(path, temporary)
+        if verify is not None:
+            verify(temporary)
+        os.replace(temporary, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise PipfixError(path, f"cannot write: {describe_os_error(exc)}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_backup(path: Path, original: bytes) -> Path:
+    """Keep an exact copy of ``original`` (the verified bytes of ``path``).
+
+    An existing backup is never overwritten: it must already hold the same
+    bytes, or we refuse rather than lose the only original.
+    """
+    backup = backup_path_for(path)
+    expected = hashlib.sha256(original).hexdigest()
+    if backup.exists():
+        if sha256_file(backup) != expected:
+            raise PipfixError(backup, "existing backup differs from the file it would back up")
+        return backup
+    replace_atomically(backup, original, expect_sha256(expected))
+    return backup
+
+
+def expect_sha256(expected: str) -> Callable[[Path], None]:
+    """A verifier for ``replace_atomically``: the written file has this sha256."""
+
+    def check(candidate: Path) -> None:
+        if sha256_file(candidate) != expected:
+            raise PipfixError(candidate, "written bytes do not read back identically")
+
+    return check
+
+
+def clean_state_dir(directory: Path) -> None:
+    """Remove an empty ``.pipfix`` directory left after a restore."""
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+
+
+@contextlib.contextmanager
+def target_lock(lock_dir: Path, timeout: float = 60.0) -> Iterator[None]:
+    """Serialize pipfix runs that write to the same target.
+
+    A second run waits up to ``timeout`` seconds, saying so on stderr, then
+    fails with a clear error; it never writes concurrently.
+    """
+    _ensure_dir(lock_dir)
+    lock_file = lock_dir / "lock"
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise PipfixError(lock_file, f"cannot create lock: {describe_os_error(exc)}") from None
+    try:
+        _acquire(fd, lock_file, timeout)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _acquire(fd: int, lock_file: Path, timeout: float) -> None:
+    if sys.platform == "win32":  # pragma: no cover - Windows hosts lock by msvcrt
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+        return
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise PipfixError(lock_file, f"cannot lock: {describe_os_error(exc)}") from None
+        if time.monotonic() >= deadline:
+            raise LockBusyError(lock_file, f"another pipfix run holds the lock (waited {timeout:g} s)")
+        if not announced:
+            print(f"pipfix: waiting for another run to release {lock_file}", file=sys.stderr)
+            announced = True
+        time.sleep(0.1)

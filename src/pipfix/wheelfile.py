@@ -1,0 +1,220 @@
+"""Verified wheel reading and byte-preserving rebuild.
+
+A wheel is trusted only after every check here passes: its file name, its
+member names, its size limits, and every member's sha256 and size against
+RECORD. pipfix never re-signs a wheel that did not verify. The rebuild copies
+unchanged members as their stored bytes (see ``zipraw``) and rewrites RECORD
+for the members that changed, plus pipfix's provenance file.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import stat
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import (
+    InvalidWheelFilename,
+    canonicalize_name,
+    canonicalize_version,
+    parse_wheel_filename,
+)
+
+from . import record, zipraw
+from .errors import VerificationError
+
+MAX_WHEEL_BYTES = 256 * 2**20
+MAX_UNCOMPRESSED_BYTES = 512 * 2**20
+MAX_MEMBERS = 65000
+
+
+@dataclass(frozen=True)
+class VerifiedWheel:
+    """A wheel whose archive and RECORD were checked member by member."""
+
+    path: Path
+    data: bytes
+    sha256: str
+    distribution: str
+    version: str
+    dist_info: str
+    archive: zipraw.RawArchive
+    contents: Mapping[str, bytes]
+    records: Mapping[str, record.RecordEntry]
+
+    @property
+    def record_path(self) -> str:
+        return f"{self.dist_info}/RECORD"
+
+
+def _check_name(name: str, flags: int) -> str | None:
+    """Why a member name is unsafe, or None."""
+    if not flags & 0x800 and not name.isascii():
+        return "is not UTF-8 encoded"
+    if "\\" in name:
+        return "contains a backslash"
+    if "\x00" in name:
+        return "contains a NUL byte"
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "is an absolute path"
+    if ".." in name.split("/"):
+        return "escapes the wheel with '..'"
+    return None
+
+
+def _check_members(path: Path, archive: zipraw.RawArchive) -> None:
+    if len(archive.members) > MAX_MEMBERS:
+        raise VerificationError(path, f"too many members ({len(archive.members)})")
+    seen: set[str] = set()
+    total = 0
+    for member in archive.members:
+        problem = _check_name(member.name, member.flags)
+        if problem:
+            raise VerificationError(path, f"member {member.name!r} {problem}")
+        if member.name in seen:
+            raise VerificationError(path, f"member {member.name!r} appears twice")
+        seen.add(member.name)
+        if stat.S_ISLNK(member.mode):
+            raise VerificationError(path, f"member {member.name!r} is a symbolic link")
+        if member.flags & 0x1:
+            raise VerificationError(path, f"member {member.name!r} is encrypted")
+        if member.method not in (zipraw.STORED, zipraw.DEFLATED):
+            raise VerificationError(
+                path, f"member {member.name!r} uses unsupported compression {member.method}"
+            )
+        total += member.size
+        if total > MAX_UNCOMPRESSED_BYTES:
+            raise VerificationError(
+                path, f"uncompressed size exceeds {MAX_UNCOMPRESSED_BYTES // 2**20} MiB"
+            )
+
+
+def _dist_info(path: Path, archive: zipraw.RawArchive, name: str, version: str) -> str:
+    tops = {m.name.split("/", 1)[0] for m in archive.members if "/" in m.name}
+    dist_infos = sorted(t for t in tops if t.endswith(".dist-info"))
+    if len(dist_infos) != 1:
+        raise VerificationError(path, f"expected one .dist-info directory, found {len(dist_infos)}")
+    stem = dist_infos[0][: -len(".dist-info")]
+    dist_name, _, dist_version = stem.rpartition("-")
+    if canonicalize_name(dist_name) != canonicalize_name(name) or canonicalize_version(
+        dist_version
+    ) != canonicalize_version(version):
+        raise VerificationError(path, f"{dist_infos[0]} does not match the file name")
+    return dist_infos[0]
+
+
+def _read_contents(path: Path, data: bytes, archive: zipraw.RawArchive) -> dict[str, bytes]:
+    contents: dict[str, bytes] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive_reader:
+            names = [info.filename for info in archive_reader.infolist()]
+            if names != [m.name for m in archive.members]:
+                raise VerificationError(path, "central directory is inconsistent")
+            for info in archive_reader.infolist():
+                if not info.is_dir():
+                    contents[info.filename] = archive_reader.read(info)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise VerificationError(path, f"corrupt member data ({exc})") from None
+    return contents
+
+
+def _check_record(
+    path: Path, dist_info: str, contents: Mapping[str, bytes]
+) -> dict[str, record.RecordEntry]:
+    record_path = f"{dist_info}/RECORD"
+    if record_path not in contents:
+        raise VerificationError(path, f"{record_path} is missing")
+    try:
+        entries = record.parse(contents[record_path].decode("utf-8"))
+    except UnicodeDecodeError:
+        raise VerificationError(path, "RECORD is not UTF-8") from None
+    except record.RecordError as exc:
+        raise VerificationError(path, str(exc)) from None
+    signatures = {f"{dist_info}/{n}" for n in record.SIGNATURE_NAMES}
+    for name, payload in contents.items():
+        if name == record_path or name in signatures:
+            continue
+        entry = entries.get(name)
+        if entry is None:
+            raise VerificationError(path, f"{name} is not listed in RECORD")
+        if entry.hash_ is None or entry.size is None:
+            raise VerificationError(path, f"RECORD has no hash or size for {name}")
+        if not entry.validate(payload):
+            raise VerificationError(path, f"{name} does not match its RECORD hash or size")
+    for name in entries:
+        if name not in contents and not name.endswith("/"):
+            raise VerificationError(path, f"RECORD lists {name}, which is not in the wheel")
+    return entries
+
+
+def verify(path: Path, data: bytes | None = None) -> VerifiedWheel:
+    """Read and verify the wheel at ``path`` (or ``data``, named by ``path``)."""
+    try:
+        name, version, _build, _tags = parse_wheel_filename(path.name)
+    except InvalidWheelFilename as exc:
+        raise VerificationError(path, f"not a wheel file name ({exc})") from None
+    if data is None:
+        try:
+            if path.stat().st_size > MAX_WHEEL_BYTES:
+                raise VerificationError(path, f"larger than {MAX_WHEEL_BYTES // 2**20} MiB")
+            data = path.read_bytes()
+        except OSError as exc:
+            raise VerificationError(path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        archive = zipraw.read_archive(data)
+    except (zipraw.RawZipError, UnicodeDecodeError) as exc:
+        raise VerificationError(path, f"not a valid zip archive ({exc})") from None
+    _check_members(path, archive)
+    dist_info = _dist_info(path, archive, str(name), str(version))
+    contents = _read_contents(path, data, archive)
+    entries = _check_record(path, dist_info, contents)
+    return VerifiedWheel(
+        path=path,
+        data=data,
+        sha256=record.sha256_hex(data),
+        distribution=str(name),
+        version=str(version),
+        dist_info=dist_info,
+        archive=archive,
+        contents=contents,
+        records=entries,
+    )
+
+
+def rebuild(
+    wheel: VerifiedWheel, changed: Mapping[str, bytes], added: Mapping[str, bytes]
+) -> bytes:
+    """The wheel with ``changed`` members replaced and ``added`` dist-info files.
+
+    Unchanged members keep their stored bytes and order; changed ones keep
+    their metadata. RECORD gets new rows for changed and added files, and
+    signature files are dropped because the signature no longer holds.
+    """
+    record_path = wheel.record_path
+    signatures = {f"{wheel.dist_info}/{n}" for n in record.SIGNATURE_NAMES}
+    updated = {name: record.entry_for(name, payload) for name, payload in changed.items()}
+    added_entries = [record.entry_for(name, payload) for name, payload in added.items()]
+    new_record = record.rewrite(
+        wheel.contents[record_path], record_path, updated, added_entries, signatures
+    )
+    members: list[zipraw.RawMember] = []
+    for member in wheel.archive.members:
+        if member.name in signatures:
+            continue
+        if member.name == record_path:
+            members.extend(zipraw.new_member(member, n, p) for n, p in added.items())
+            members.append(zipraw.new_member(member, record_path, new_record))
+        elif member.name in changed:
+            members.append(zipraw.new_member(member, member.name, changed[member.name]))
+        else:
+            members.append(member)
+    return zipraw.write_archive(members, wheel.archive.comment)
+
+
+def is_python_source(name: str) -> bool:
+    return posixpath.splitext(name)[1] == ".py"

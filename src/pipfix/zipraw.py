@@ -1,0 +1,218 @@
+"""Raw zip records: copy members as their stored bytes, write new ones deterministically.
+
+``zipfile`` can only write a member by compressing it again, which changes its
+bytes and costs time. A wheel rebuilt by pipfix keeps every member it does not
+change byte for byte (local header, compressed data, data descriptor and
+central directory entry), so this module reads and writes the records
+themselves. Only what wheels need is supported: no ZIP64, no encryption,
+no multi-disk archives; anything else is refused by the reader upstream.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+_EOCD = struct.Struct("<4s4H2LH")
+_EOCD_SIG = b"PK\x05\x06"
+_CENTRAL = struct.Struct("<4s6H3L5H2L")
+_CENTRAL_SIG = b"PK\x01\x02"
+_LOCAL = struct.Struct("<4s5H3L2H")
+_LOCAL_SIG = b"PK\x03\x04"
+_DESCRIPTOR_SIG = b"PK\x07\x08"
+_FLAG_DATA_DESCRIPTOR = 0x08
+_FLAG_UTF8 = 0x800
+_ZIP64_EXTRA_ID = 0x0001
+STORED = 0
+DEFLATED = 8
+
+
+class RawZipError(ValueError):
+    """The archive's records are not laid out as a plain zip file."""
+
+
+@dataclass(frozen=True)
+class RawMember:
+    """One member as it stands in the archive, with its raw record spans."""
+
+    name: str
+    flags: int
+    method: int
+    dos_time: int
+    dos_date: int
+    crc: int
+    compressed_size: int
+    size: int
+    create_version: int
+    extract_version: int
+    internal_attr: int
+    external_attr: int
+    extra: bytes
+    comment: bytes
+    central: bytes  # the central directory entry, as stored
+    local: bytes  # local header + data (+ data descriptor), as stored
+
+    @property
+    def mode(self) -> int:
+        return (self.external_attr >> 16) & 0xFFFF
+
+
+@dataclass(frozen=True)
+class RawArchive:
+    members: tuple[RawMember, ...]
+    comment: bytes
+
+
+def _find_eocd(data: bytes) -> int:
+    start = data.rfind(_EOCD_SIG, max(0, len(data) - 65557))
+    if start < 0 or start + _EOCD.size > len(data):
+        raise RawZipError("no end of central directory record")
+    return start
+
+
+def _local_span(data: bytes, offset: int, central: tuple[int, ...]) -> bytes:
+    header = data[offset : offset + _LOCAL.size]
+    if len(header) < _LOCAL.size:
+        raise RawZipError("local header past end of file")
+    sig, _ver, flags, _m, _t, _d, _crc, _cs, _us, name_len, extra_len = _LOCAL.unpack(header)
+    if sig != _LOCAL_SIG:
+        raise RawZipError("bad local header signature")
+    compressed_size = central[8]
+    end = offset + _LOCAL.size + name_len + extra_len + compressed_size
+    if flags & _FLAG_DATA_DESCRIPTOR:
+        end += 16 if data[end : end + 4] == _DESCRIPTOR_SIG else 12
+    if end > len(data):
+        raise RawZipError("member data past end of file")
+    return data[offset:end]
+
+
+def read_archive(data: bytes) -> RawArchive:
+    """Split ``data`` into raw member records, in central directory order."""
+    eocd_at = _find_eocd(data)
+    _sig, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, comment_len = _EOCD.unpack(
+        data[eocd_at : eocd_at + _EOCD.size]
+    )
+    if disk or cd_disk or n_disk != n_total or n_total == 0xFFFF or cd_offset == 0xFFFFFFFF:
+        raise RawZipError("multi-disk or ZIP64 archives are not supported")
+    comment = data[eocd_at + _EOCD.size : eocd_at + _EOCD.size + comment_len]
+    members = []
+    pos = cd_offset
+    for _ in range(n_total):
+        fixed = data[pos : pos + _CENTRAL.size]
+        if len(fixed) < _CENTRAL.size or fixed[:4] != _CENTRAL_SIG:
+            raise RawZipError("bad central directory entry")
+        fields = _CENTRAL.unpack(fixed)
+        name_len, extra_len, comment_len2 = fields[10], fields[11], fields[12]
+        end = pos + _CENTRAL.size + name_len + extra_len + comment_len2
+        name_bytes = data[pos + _CENTRAL.size : pos + _CENTRAL.size + name_len]
+        extra = data[pos + _CENTRAL.size + name_len : pos + _CENTRAL.size + name_len + extra_len]
+        flags = fields[3]
+        name = name_bytes.decode("utf-8" if flags & _FLAG_UTF8 else "cp437")
+        members.append(
+            RawMember(
+                name=name,
+                flags=flags,
+                method=fields[4],
+                dos_time=fields[5],
+                dos_date=fields[6],
+                crc=fields[7],
+                compressed_size=fields[8],
+                size=fields[9],
+                create_version=fields[1],
+                extract_version=fields[2],
+                internal_attr=fields[14],
+                external_attr=fields[15],
+                extra=extra,
+                comment=data[end - comment_len2 : end],
+                central=data[pos:end],
+                local=_local_span(data, fields[16], fields),
+            )
+        )
+        pos = end
+    return RawArchive(tuple(members), comment)
+
+
+def _without_zip64(extra: bytes) -> bytes:
+    out = bytearray()
+    pos = 0
+    while pos + 4 <= len(extra):
+        header_id, size = struct.unpack_from("<2H", extra, pos)
+        if header_id != _ZIP64_EXTRA_ID:
+            out += extra[pos : pos + 4 + size]
+        pos += 4 + size
+    return bytes(out)
+
+
+def compress(payload: bytes, method: int) -> bytes:
+    """Compress deterministically: same bytes in, same bytes out."""
+    if method == STORED:
+        return payload
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
+    return compressor.compress(payload) + compressor.flush()
+
+
+def new_member(template: RawMember, name: str, payload: bytes) -> RawMember:
+    """A member with ``payload``, keeping the template's metadata (time, mode, method)."""
+    method = template.method if template.method in (STORED, DEFLATED) else DEFLATED
+    data = compress(payload, method)
+    flags = (template.flags & ~_FLAG_DATA_DESCRIPTOR & 0x806) | (
+        _FLAG_UTF8 if not name.isascii() else 0
+    )
+    extra = _without_zip64(template.extra)
+    encoded = name.encode("utf-8")
+    crc = zlib.crc32(payload)
+    local = (
+        _LOCAL.pack(
+            _LOCAL_SIG, 20, flags, method, template.dos_time, template.dos_date,
+            crc, len(data), len(payload), len(encoded), 0,
+        )
+        + encoded
+        + data
+    )
+    return RawMember(
+        name=name, flags=flags, method=method, dos_time=template.dos_time,
+        dos_date=template.dos_date, crc=crc, compressed_size=len(data), size=len(payload),
+        create_version=template.create_version, extract_version=20,
+        internal_attr=template.internal_attr, external_attr=template.external_attr,
+        extra=extra, comment=b"", central=b"", local=local,
+    )
+
+
+def _central_entry(member: RawMember, offset: int) -> bytes:
+    if member.central:
+        # Unchanged member: its stored entry, with only the offset moved.
+        return member.central[:42] + struct.pack("<L", offset) + member.central[46:]
+    encoded = member.name.encode("utf-8")
+    return (
+        _CENTRAL.pack(
+            _CENTRAL_SIG, member.create_version, member.extract_version, member.flags,
+            member.method, member.dos_time, member.dos_date, member.crc,
+            member.compressed_size, member.size, len(encoded), len(member.extra), 0,
+            0, member.internal_attr, member.external_attr, offset,
+        )
+        + encoded
+        + member.extra
+    )
+
+
+def write_archive(members: list[RawMember], comment: bytes = b"") -> bytes:
+    """Lay out ``members`` in order, then the central directory."""
+    if len(members) >= 0xFFFF:
+        raise RawZipError("too many members for a plain zip file")
+    body = bytearray()
+    offsets = []
+    for member in members:
+        offsets.append(len(body))
+        body += member.local
+    cd_offset = len(body)
+    for member, offset in zip(members, offsets):
+        body += _central_entry(member, offset)
+    cd_size = len(body) - cd_offset
+    if len(body) >= 0xFFFFFFFF:
+        raise RawZipError("archive too large for a plain zip file")
+    body += _EOCD.pack(
+        _EOCD_SIG, 0, 0, len(members), len(members), cd_size, cd_offset, len(comment)
+    )
+    body += comment
+    return bytes(body)

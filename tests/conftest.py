@@ -1,0 +1,117 @@
+"""Shared fixtures: pinned real wheels, real interpreters, clean subprocess environments."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+VENDORED = ROOT / "vendored_wheels"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _load_fetch_module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("vendored_fetch", VENDORED / "fetch.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_fetch = _load_fetch_module()
+
+
+def pinned_wheel_paths() -> dict[str, Path]:
+    """{file name: path} of every wheel in the manifest, fetched and verified."""
+    return {path.name: path for path in _fetch.fetch_all()}
+
+
+PINNED_NAMES = sorted(_fetch.read_manifest(), key=lambda n: (n.split("-")[0], n))
+
+
+@pytest.fixture(scope="session")
+def pinned_wheels() -> dict[str, Path]:
+    return pinned_wheel_paths()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """An environment in which pip and Python behave the same on every machine."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))
+    }
+    env.update(
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_NO_INDEX="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_NO_INPUT="1",
+        PIP_NO_CACHE_DIR="1",
+        PYTHONNOUSERSITE="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run(
+    command: list[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in command],
+        env=dict(env) if env is not None else clean_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def pipfix(*args: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real command line in a subprocess, as a user would."""
+    environment = clean_env(PYTHONPATH=str(SRC)) if env is None else dict(env)
+    return run([sys.executable, "-m", "pipfix", *args], env=environment)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file (and symlink target) under ``root`` with its sha256: 'nothing changed' proofs."""
+    digest: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        relative = str(path.relative_to(root))
+        if path.is_symlink():
+            digest[relative] = "link:" + os.readlink(path)
+        elif path.is_file():
+            digest[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif path.is_dir():
+            digest[relative] = "dir"
+    return digest
+
+
+def find_interpreter(minor: str) -> Path | None:
+    """A real CPython 3.<minor> on this machine (pyenv or PATH), or None."""
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = sorted((pyenv_root / "versions").glob(f"3.{minor}.*/bin/python3.{minor}"))
+    found = shutil.which(f"python3.{minor}")
+    if found:
+        candidates.append(Path(found))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.fixture
+def tmp_tree(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path

@@ -1,0 +1,60 @@
+"""Throw-away "standalone-like" prefixes made from a real interpreter on this machine.
+
+The binary is copied, the stdlib symlinked entry by entry, ``ensurepip``
+copied (so pipfix may rewrite its wheels), and the static-musl double
+(``simulation.py``) placed in the prefix's stdlib directory, so every venv
+made from the prefix inherits it, as it would inherit the real thing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from simulation import write_sitecustomize
+
+_SKIP = {"ensurepip", "site-packages", "sitecustomize.py", "__pycache__"}
+
+
+def describe(python: Path) -> dict[str, str]:
+    """Version and stdlib directory of a real interpreter."""
+    code = (
+        "import json, sys, sysconfig;"
+        "print(json.dumps({'version': '%d.%d' % sys.version_info[:2],"
+        " 'stdlib': sysconfig.get_path('stdlib'), 'executable': sys.executable}))"
+    )
+    output = subprocess.run(
+        [str(python), "-I", "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    result: dict[str, str] = json.loads(output)
+    return result
+
+
+def make_standalone_prefix(python: Path, dest: Path, variant: str | None) -> Path:
+    """Build the prefix at ``dest`` and return the path of its python executable."""
+    info = describe(python)
+    version = info["version"]
+    real_stdlib = Path(info["stdlib"])
+    bindir = dest / "bin"
+    bindir.mkdir(parents=True)
+    executable = bindir / f"python{version}"
+    shutil.copy2(os.path.realpath(info["executable"]), executable)
+    for alias in ("python3", "python"):
+        (bindir / alias).symlink_to(executable.name)
+    stdlib = dest / "lib" / f"python{version}"
+    stdlib.mkdir(parents=True)
+    for entry in real_stdlib.iterdir():
+        if entry.name not in _SKIP:
+            (stdlib / entry.name).symlink_to(entry)
+    shutil.copytree(
+        real_stdlib / "ensurepip",
+        stdlib / "ensurepip",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (stdlib / "site-packages").mkdir()
+    if variant is not None:
+        write_sitecustomize(stdlib, variant)
+    return executable

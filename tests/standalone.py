@@ -58,3 +58,26 @@ def make_standalone_prefix(python: Path, dest: Path, variant: str | None) -> Pat
     if variant is not None:
         write_sitecustomize(stdlib, variant)
     return executable
+
+
+def install_wheel(python: Path, wheel: Path) -> None:
+    """Install ``wheel`` into the prefix of ``python`` the way a build host would:
+    with installer, scripts pointing at the prefix's interpreter, bytecode compiled."""
+    import zipfile
+
+    from installer import install
+    from installer.destinations import SchemeDictionaryDestination
+    from installer.sources import WheelFile
+
+    prefix = python.parent.parent
+    site = next(prefix.glob("lib/python3*/site-packages"))
+    destination = SchemeDictionaryDestination(
+        {
+            "purelib": str(site), "platlib": str(site), "scripts": str(prefix / "bin"),
+            "data": str(prefix), "headers": str(prefix / "include"),
+        },
+        interpreter=str(python),
+        script_kind="posix",
+    )
+    with zipfile.ZipFile(wheel) as archive:
+        install(WheelFile(archive), destination, {"INSTALLER": b"pip\n"})

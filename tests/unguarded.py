@@ -10,9 +10,14 @@ of the same function protects against OSError.  It shares no code with
 from __future__ import annotations
 
 import ast
+import sys
 
 CATCHES_OSERROR = {"OSError", "IOError", "EnvironmentError", "Exception", "BaseException"}
 LOADERS = {"ctypes.CDLL", "ctypes.PyDLL", "ctypes.cdll.LoadLibrary", "ctypes.pydll.LoadLibrary"}
+if sys.version_info >= (3, 11):
+    TRIES: tuple[type[ast.Try | ast.TryStar], ...] = (ast.Try, ast.TryStar)
+else:
+    TRIES = (ast.Try,)
 # Code under these runs later (or in another frame): an outer try does not protect it.
 BOUNDARIES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.GeneratorExp)
 
@@ -67,7 +72,7 @@ def _is_dlopen_self(call: ast.Call, aliases: dict[str, str]) -> bool:
     )
 
 
-def _imports_ctypes(node: ast.AST) -> bool:
+def _imports_ctypes(node: ast.stmt) -> bool:
     if isinstance(node, ast.Import):
         return any(a.name == "ctypes" or a.name.startswith("ctypes.") for a in node.names)
     if isinstance(node, ast.ImportFrom) and not node.level and node.module:
@@ -82,15 +87,15 @@ def find_unguarded(source: bytes) -> list[tuple[int, str]]:
     found: list[tuple[int, str]] = []
 
     def visit(node: ast.AST, protected: bool) -> None:
-        if isinstance(node, ast.Call) and _is_dlopen_self(node, aliases) and not protected:
+        if isinstance(node, ast.Call) and not protected and _is_dlopen_self(node, aliases):
             found.append((node.lineno, f"{_dotted(node.func)}(None) not guarded against OSError"))
-        if check_imports and _imports_ctypes(node) and not protected:
+        if check_imports and not protected and isinstance(node, ast.stmt) and _imports_ctypes(node):
             found.append((node.lineno, "ctypes import not guarded against OSError"))
         for field, value in ast.iter_fields(node):
             inner = protected
             if isinstance(node, BOUNDARIES) and field in ("body", "elt", "generators"):
                 inner = False
-            elif isinstance(node, (ast.Try, getattr(ast, "TryStar", ast.Try))) and field == "body":
+            elif isinstance(node, TRIES) and field == "body":
                 inner = protected or any(_catches_oserror(h) for h in node.handlers)
             for child in value if isinstance(value, list) else [value]:
                 if isinstance(child, ast.AST):

@@ -58,24 +58,37 @@ def _render(report: RunReport, args: argparse.Namespace) -> None:
     for wheel in report.wheels:
         print(_wheel_line(wheel, args.verbose))
     for install in report.installs:
-        print(f"{install.get('distribution')} {install.get('version')}: {install.get('action')}")
+        line = f"installed {install['distribution']} {install['version']}: {install['action']}"
+        details = [install[k] for k in ("source", "scripts", "bytecode") if install.get(k)]
+        if details and args.verbose:
+            line += "\n    " + "\n    ".join(details)
+        if args.verbose and install.get("scheme"):
+            line += f"\n    scheme: {install['scheme']}"
+        print(line)
     print(_summary(report))
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    report = operations.check(args.targets)
+    report = operations.check(args.targets, under=args.all)
     _render(report, args)
     return report.exit_code
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    report = operations.apply(args.targets, dry_run=args.dry_run)
+    report = operations.apply(
+        args.targets,
+        dry_run=args.dry_run,
+        under=args.all,
+        relocatable=args.relocatable,
+        ensurepip=args.ensurepip,
+        reinstall=not args.wheels_only,
+    )
     _render(report, args)
     return report.exit_code
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    report = operations.restore(args.targets)
+    report = operations.restore(args.targets, under=args.all)
     _render(report, args)
     return report.exit_code
 
@@ -133,20 +146,35 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     target_help = "installation prefix or its python executable"
-    sub = command("check", _cmd_check, "report which ensurepip wheels need patching")
+    all_help = "every installation and venv below DIR (e.g. a directory of standalone Pythons)"
+    sub = command("check", _cmd_check, "report which ensurepip wheels and installed pips need patching")
     sub.add_argument("targets", nargs="*", metavar="TARGET", help=f"{target_help} (default: the running Python)")
+    sub.add_argument("--all", metavar="DIR", help=all_help)
     _add_output_flags(sub)
 
-    sub = command("apply", _cmd_apply, "patch the ensurepip wheels in place, keeping exact backups")
+    sub = command("apply", _cmd_apply, "patch the ensurepip wheels in place (exact backups kept), "
+                  "then bring the installed pip and setuptools to the patched state")
     sub.add_argument("targets", nargs="*", metavar="TARGET", help=f"{target_help} (required unless --dry-run)")
+    sub.add_argument("--all", metavar="DIR", help=all_help)
     sub.add_argument("--dry-run", action="store_true", help="only say what would change")
+    style = sub.add_mutually_exclusive_group()
+    style.add_argument("--relocatable", dest="relocatable", action="store_true", default=None,
+                       help="write /bin/sh launchers that find python next to themselves "
+                       "(default: keep the target's current style)")
+    style.add_argument("--no-relocatable", dest="relocatable", action="store_false",
+                       help="write launchers with an absolute shebang")
+    sub.add_argument("--ensurepip", action="store_true",
+                     help="install pip from the patched bundled wheels where none is installed")
+    sub.add_argument("--wheels-only", action="store_true",
+                     help="patch the ensurepip wheels only; leave installed distributions alone")
     _add_output_flags(sub)
 
     sub = command("diff", _cmd_diff, "print the unified diff of what would change; writes nothing")
     sub.add_argument("items", nargs="*", metavar="TARGET|WHEEL", help=f"{target_help}, or wheel files")
 
-    sub = command("restore", _cmd_restore, "put back the exact original wheels")
-    sub.add_argument("targets", nargs="+", metavar="TARGET", help=target_help)
+    sub = command("restore", _cmd_restore, "put back the exact originals (wheels and installed files)")
+    sub.add_argument("targets", nargs="*", metavar="TARGET", help=target_help)
+    sub.add_argument("--all", metavar="DIR", help=all_help)
     _add_output_flags(sub)
 
     sub = command("patch-wheel", _cmd_patch_wheel, "patch loose wheel files (for build steps)")

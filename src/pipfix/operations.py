@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from . import patcher, record, store
+from . import install, patcher, record, store, swap
 from .errors import (
     EXIT_NEEDS_ATTENTION,
     EXIT_OK,
@@ -21,12 +21,23 @@ from .errors import (
 )
 from .patcher import WheelPlan, WheelState
 from .reports import RunReport, WheelReport
-from .target import Installation, find_installation, running_interpreter_prefix
+from .target import (
+    Installation,
+    find_installation,
+    find_installations_under,
+    running_interpreter_prefix,
+)
 
-def _installations(targets: Sequence[str | Path], *, default: bool) -> list[Installation]:
+def _installations(
+    targets: Sequence[str | Path], *, default: bool, under: str | Path | None = None
+) -> list[Installation]:
+    if under is not None:
+        return [*find_installations_under(Path(under)), *(find_installation(t) for t in targets)]
     if not targets:
         if not default:
-            raise PipfixError(Path("."), "name a target: commands that write never default to the running Python")
+            raise PipfixError(
+                Path("."), "name a target: commands that write never default to the running Python"
+            )
         targets = [running_interpreter_prefix()]
     return [find_installation(t) for t in targets]
 
@@ -89,42 +100,109 @@ _IDLE_ACTIONS = {
 }
 
 
-def check(targets: Sequence[str | Path] = ()) -> RunReport:
-    """Which ensurepip wheels need patching; exit 1 when any does."""
-    installations = _installations(targets, default=True)
+def check(targets: Sequence[str | Path] = (), *, under: str | Path | None = None) -> RunReport:
+    """Which ensurepip wheels and installed pips need patching; exit 1 when any does."""
+    installations = _installations(targets, default=True, under=under)
     plans = [patcher.plan(path) for path in _wheel_paths(installations)]
     reports = tuple(
         _report(p, "would patch" if p.state is WheelState.NEEDS_PATCH else _IDLE_ACTIONS[p.state])
         for p in plans
     )
+    installs = _inspect_installs(installations, plans)
+    code = _exit_code(plans, applied=False)
+    if code == EXIT_OK and any(r.action == "would reinstall" for r in installs):
+        code = EXIT_NEEDS_ATTENTION
     return RunReport(
         "check",
         tuple(str(i.prefix) for i in installations),
         reports,
-        _exit_code(plans, applied=False),
+        code,
+        installs=tuple(r.to_json() for r in installs),
     )
 
 
-def apply(targets: Sequence[str | Path] = (), *, dry_run: bool = False) -> RunReport:
-    """Patch every ensurepip wheel of the targets in place, keeping exact backups."""
-    installations = _installations(targets, default=dry_run)
+def _patched_wheels(plans: Iterable[WheelPlan]) -> dict[install.WheelKey, tuple[str, bytes]]:
+    """Patched bytes of every ensurepip wheel, by (name, version)."""
+    patched = {}
+    for plan in plans:
+        wheel = plan.wheel
+        key = install.wheel_key(wheel.distribution, wheel.version)
+        if plan.state is WheelState.NEEDS_PATCH:
+            patched[key] = (wheel.path.name, plan.build())
+        elif plan.state is WheelState.PATCHED:
+            patched[key] = (wheel.path.name, wheel.data)
+    return patched
+
+
+def _bundled_by_version(
+    installations: Iterable[Installation], patched: dict[install.WheelKey, tuple[str, bytes]]
+) -> dict[str, list[tuple[str, bytes]]]:
+    """For --ensurepip: the patched wheels each Python version's ensurepip bundles."""
+    bundled: dict[str, list[tuple[str, bytes]]] = {}
+    for installation in installations:
+        for lib in installation.libs:
+            for path in sorted(lib.bundled_dir.glob("*.whl")):
+                name, version = path.name.split("-")[:2]
+                at_hand = patched.get(install.wheel_key(name, version))
+                if at_hand is not None:
+                    bundled.setdefault(lib.version, []).append(at_hand)
+    return bundled
+
+
+def _inspect_installs(
+    installations: Iterable[Installation], plans: list[WheelPlan]
+) -> list[install.InstallReport]:
+    patched = _patched_wheels(plans)
+    reports = []
+    for installation in installations:
+        reports += install.reinstall(
+            installation, patched, {}, install.InstallOptions(dry_run=True)
+        )
+    return reports
+
+
+def apply(
+    targets: Sequence[str | Path] = (),
+    *,
+    dry_run: bool = False,
+    under: str | Path | None = None,
+    relocatable: bool | None = None,
+    ensurepip: bool = False,
+    reinstall: bool = True,
+) -> RunReport:
+    """Patch the ensurepip wheels in place (exact backups), then the installed pips."""
+    installations = _installations(targets, default=dry_run, under=under)
     if dry_run:
-        report = check(targets)
-        return RunReport("apply", report.targets, report.wheels, _dry_exit(report), dry_run=True)
-    locks = [i.state_dir for i in installations]
-    with _locked(locks):
+        report = check(targets, under=under)
+        return RunReport(
+            "apply", report.targets, report.wheels, _dry_exit(report), dry_run=True,
+            installs=report.installs,
+        )
+    options = install.InstallOptions(relocatable=relocatable, ensurepip=ensurepip)
+    with _locked(i.state_dir for i in installations):
+        for installation in installations:
+            if installation.state_dir.is_dir():
+                swap.complete(installation.state_dir)
         plans = [patcher.plan(path) for path in _wheel_paths(installations)]
         reports = []
         for plan in plans:
+            store.remove_stale_staging(store.state_dir_for(plan.wheel.path))
             if plan.state is WheelState.NEEDS_PATCH:
                 reports.append(_write_patched(plan, plan.wheel.path, backup=True))
             else:
                 reports.append(_report(plan, _IDLE_ACTIONS[plan.state]))
+        installs: list[install.InstallReport] = []
+        if reinstall:
+            patched = _patched_wheels(plans)
+            bundled = _bundled_by_version(installations, patched)
+            for installation in installations:
+                installs += install.reinstall(installation, patched, bundled, options)
     return RunReport(
         "apply",
         tuple(str(i.prefix) for i in installations),
         tuple(reports),
         _exit_code(plans, applied=True),
+        installs=tuple(r.to_json() for r in installs),
     )
 
 
@@ -152,15 +230,24 @@ def diff(items: Sequence[str | Path] = ()) -> str:
     return "".join(patcher.plan(path).diff() for path in paths)
 
 
-def restore(targets: Sequence[str | Path]) -> RunReport:
-    """Put back the exact original of every wheel pipfix patched in the targets."""
-    installations = _installations(targets, default=False)
+def restore(targets: Sequence[str | Path], *, under: str | Path | None = None) -> RunReport:
+    """Put back the exact originals: ensurepip wheels and installed distributions."""
+    installations = _installations(targets, default=False, under=under)
     reports: list[WheelReport] = []
+    installs: list[install.InstallReport] = []
     with _locked(i.state_dir for i in installations):
         for path in _wheel_paths(installations):
+            store.remove_stale_staging(store.state_dir_for(path))
             reports.append(_restore_one(path))
-    code = EXIT_OK
-    return RunReport("restore", tuple(str(i.prefix) for i in installations), tuple(reports), code)
+        for installation in installations:
+            installs += install.restore_installs(installation)
+    return RunReport(
+        "restore",
+        tuple(str(i.prefix) for i in installations),
+        tuple(reports),
+        EXIT_OK,
+        installs=tuple(r.to_json() for r in installs),
+    )
 
 
 def _restore_one(path: Path) -> WheelReport:

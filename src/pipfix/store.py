@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from . import faults
 from .errors import LockBusyError, PipfixError, describe_os_error
 
 STATE_DIRNAME = ".pipfix"
@@ -45,7 +46,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
     if sys.platform == "win32":
         return
     fd = os.open(directory, os.O_RDONLY)
@@ -63,15 +65,19 @@ def _ensure_dir(directory: Path) -> None:
 
 
 def replace_atomically(
-    path: Path, data: bytes, verify: Callable[[Path], None] | None = None
+    path: Path,
+    data: bytes,
+    verify: Callable[[Path], None] | None = None,
+    staging_root: Path | None = None,
 ) -> None:
     """Write ``data`` to ``path`` via a verified, fsynced temporary file.
 
     The temporary file has the final file name inside a private directory next
     to ``path`` (same filesystem), so readers that insist on a wheel file name
-    can verify it before the rename.
+    can verify it before the rename. ``staging_root`` must be on the same
+    filesystem; it defaults to the ``.pipfix`` directory next to ``path``.
     """
-    state = state_dir_for(path)
+    state = staging_root if staging_root is not None else state_dir_for(path)
     _ensure_dir(state)
     try:
         staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=state))
@@ -79,6 +85,7 @@ def replace_atomically(
         raise PipfixError(state, f"cannot write: {describe_os_error(exc)}") from None
     temporary = staging / path.name
     try:
+        faults.step(f"write {temporary}")
         with temporary.open("xb") as handle:
             handle.write(data)
             handle.flush()
@@ -87,8 +94,9 @@ def replace_atomically(
             shutil.copymode(path, temporary)
         if verify is not None:
             verify(temporary)
+        faults.step(f"rename over {path}")
         os.replace(temporary, path)
-        _fsync_dir(path.parent)
+        fsync_directory(path.parent)
     except OSError as exc:
         raise PipfixError(path, f"cannot write: {describe_os_error(exc)}") from None
     finally:
@@ -121,6 +129,13 @@ def expect_sha256(expected: str) -> Callable[[Path], None]:
     return check
 
 
+def remove_stale_staging(directory: Path) -> None:
+    """Drop temporary files of a run that was killed (call only under the lock)."""
+    if directory.is_dir():
+        for leftover in directory.glob("tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def clean_state_dir(directory: Path) -> None:
     """Remove an empty ``.pipfix`` directory left after a restore."""
     with contextlib.suppress(OSError):
@@ -142,6 +157,7 @@ def target_lock(lock_dir: Path, timeout: float = 60.0) -> Iterator[None]:
         raise PipfixError(lock_file, f"cannot create lock: {describe_os_error(exc)}") from None
     try:
         _acquire(fd, lock_file, timeout)
+        remove_stale_staging(lock_dir)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield

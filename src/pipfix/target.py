@@ -53,10 +53,19 @@ class PythonLib:
 
 @dataclass(frozen=True)
 class Installation:
-    """A Python installation prefix (``/opt/python``) and its stdlib versions."""
+    """A Python installation prefix (``/opt/python``) or a venv, and its Python versions.
+
+    A venv has no stdlib of its own (``libs`` is empty): its ensurepip wheels
+    belong to the base installation, which is only touched when named.
+    """
 
     prefix: Path
     libs: tuple[PythonLib, ...]
+    venv_versions: tuple[str, ...] = ()
+
+    @property
+    def is_venv(self) -> bool:
+        return (self.prefix / "pyvenv.cfg").is_file()
 
     @property
     def state_dir(self) -> Path:
@@ -120,7 +129,7 @@ def _stdlib_dirs(prefix: Path) -> Iterable[tuple[str, Path]]:
                 yield match["version"] + match["abiflags"], child
     windows = prefix / "Lib"
     if (windows / "os.py").is_file():
-        yield f"{sys.version_info[0]}.x", windows
+        yield "windows", windows
 
 
 def _read_lib(version: str, stdlib: Path) -> PythonLib:
@@ -138,12 +147,29 @@ def _prefix_from_path(path: Path) -> Path:
     return parent.parent if parent.name in ("bin", "Scripts") else parent
 
 
+def _venv_versions(venv: Path) -> tuple[str, ...]:
+    versions = []
+    for libdir in ("lib", "lib64"):
+        for child in sorted((venv / libdir).glob("python3*/site-packages")):
+            match = _STDLIB_NAME.match(child.parent.name)
+            if match and not child.parent.is_symlink():
+                versions.append(match["version"] + match["abiflags"])
+    if (venv / "Lib" / "site-packages").is_dir():
+        versions.append("windows")
+    return tuple(dict.fromkeys(versions))
+
+
 def find_installation(target: str | Path) -> Installation:
-    """Resolve ``target`` (a prefix or its python executable) to an Installation."""
+    """Resolve ``target`` (a prefix, a venv, or a python executable in one)."""
     path = Path(target).absolute()
     if not path.exists():
         raise NotAnInstallationError(path, "no such file or directory")
     prefix = _prefix_from_path(path)
+    if (prefix / "pyvenv.cfg").is_file():
+        versions = _venv_versions(prefix)
+        if not versions:
+            raise NotAnInstallationError(prefix, "venv without lib/python3.X/site-packages")
+        return Installation(prefix, (), versions)
     seen: dict[Path, PythonLib] = {}
     for version, stdlib in _stdlib_dirs(prefix):
         resolved = stdlib.resolve()
@@ -152,10 +178,38 @@ def find_installation(target: str | Path) -> Installation:
     if not seen:
         raise NotAnInstallationError(
             prefix,
-            "not a Python installation "
-            "(looked for lib/python3.X/os.py, lib64/python3.X/os.py and Lib/os.py)",
+            "not a Python installation (looked for pyvenv.cfg, "
+            "lib/python3.X/os.py, lib64/python3.X/os.py and Lib/os.py)",
         )
     return Installation(prefix, tuple(seen.values()))
+
+
+def find_installations_under(root: Path, max_depth: int = 3) -> list[Installation]:
+    """Every installation or venv below ``root`` (``--all``), outermost first."""
+    found: list[Installation] = []
+
+    def walk(directory: Path, depth: int) -> None:
+        try:
+            found.append(find_installation(directory))
+            return
+        except PipfixError:
+            pass
+        if depth >= max_depth:
+            return
+        try:
+            children = sorted(p for p in directory.iterdir() if p.is_dir() and not p.is_symlink())
+        except OSError:
+            return
+        for child in children:
+            if not child.name.startswith("."):
+                walk(child, depth + 1)
+
+    if not root.is_dir():
+        raise NotAnInstallationError(root, "not a directory")
+    walk(root.absolute(), 0)
+    if not found:
+        raise NotAnInstallationError(root, "no Python installation or venv found below it")
+    return found
 
 
 def running_interpreter_prefix() -> Path:

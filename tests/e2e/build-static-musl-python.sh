@@ -53,7 +53,7 @@
 #   PIPFIX_E2E_JOBS         parallel make jobs (default: 2)
 #   PIPFIX_E2E_KEEP_FAILED  set to 1 to keep the work directory of a failed build
 
-set -euo pipefail
+set -euo pipefail -o errtrace
 shopt -s inherit_errexit
 
 SCRIPT_PATH=$(realpath "${BASH_SOURCE[0]}")
@@ -101,6 +101,9 @@ WORK=        # sources, sysroot and build trees (inside $STAGE, deleted at the e
 LOG_DIR=     # per-step logs (inside $STAGE, kept)
 SYSROOT=     # private musl sysroot: static zlib and libffi, compiler wrapper
 JOBS=        # parallel make jobs
+SOURCE_LISTING=  # `apt-get source --print-uris` output
+REPORTED=0       # set once an error message has been printed
+FAILED_COMMAND=  # last failing command, for errors that `die` did not report
 declare -A ORIG_TARBALL=() ORIG_SIZE=() ORIG_SHA256=() DEBIAN_VERSION=()
 
 # --------------------------------------------------------------------------
@@ -112,6 +115,7 @@ log() {
 
 die() {
     log "ERROR: $*"
+    REPORTED=1
     exit 1
 }
 
@@ -143,6 +147,7 @@ run_step() {
             log "last 40 lines of $CONFIG_LOG:"
             tail -n 40 "$CONFIG_LOG" >&2
         fi
+        REPORTED=1
         exit 1
     fi
     log "$name done ($((SECONDS - started)) s)"
@@ -194,7 +199,7 @@ BEGIN { RS = "" }
         if (lines[i] ~ /^Types:/) types = lines[i]
         else if (lines[i] ~ /^Suites:/) suites = lines[i]
     }
-    if (types !~ /[: \t]deb([ \t]|$)/ || !for_codename(suites))
+    if (types !~ /[: \t]deb([ \t]|$)/ || types ~ /deb-src/ || !for_codename(suites))
         next
     for (i = 1; i <= n; i++)
         print (lines[i] ~ /^Types:/ ? "Types: deb-src" : lines[i])
@@ -253,8 +258,9 @@ apt_source_uris() {
     apt-get source --only-source --print-uris "${SOURCE_PACKAGES[@]}" 2>/dev/null
 }
 
+# Sets SOURCE_LISTING, enabling deb-src and updating the index if needed.
 ensure_source_index() {
-    if apt_source_uris >/dev/null; then
+    if SOURCE_LISTING=$(apt_source_uris); then
         return 0
     fi
     require_root "to enable deb-src and update the apt Sources index"
@@ -265,14 +271,14 @@ ensure_source_index() {
         enable_deb_src
     fi
     apt_get_update
-    apt_source_uris >/dev/null \
+    SOURCE_LISTING=$(apt_source_uris) \
         || die "apt cannot find the source packages ${SOURCE_PACKAGES[*]} (see 'apt-get source --print-uris ${SOURCE_PACKAGES[*]}')"
 }
 
-# Fill ORIG_TARBALL/ORIG_SIZE/ORIG_SHA256/DEBIAN_VERSION from the Sources index.
+# Fill ORIG_TARBALL/ORIG_SIZE/ORIG_SHA256/DEBIAN_VERSION from SOURCE_LISTING.
+# DEBIAN_VERSION comes from the .dsc file name, so it lacks any epoch.
 read_source_metadata() {
-    local listing uri file size hash pkg
-    listing=$(apt_source_uris)
+    local uri file size hash pkg
     while read -r uri file size hash; do
         [[ $uri == \'* ]] || continue
         for pkg in "${SOURCE_PACKAGES[@]}"; do
@@ -287,7 +293,7 @@ read_source_metadata() {
                 DEBIAN_VERSION[$pkg]=${DEBIAN_VERSION[$pkg]%.dsc}
             fi
         done
-    done <<<"$listing"
+    done <<<"$SOURCE_LISTING"
     for pkg in "${SOURCE_PACKAGES[@]}"; do
         [[ -n ${ORIG_TARBALL[$pkg]:-} ]] || die "no upstream tarball listed for source package $pkg"
     done
@@ -580,11 +586,24 @@ EOF
 # interpreter, which is the bug pipfix fixes.
 verify_venv_fails() {
     local prefix=$1 name=$2 logfile=$LOG_DIR/venv-$2.log
-    if "$prefix/bin/python3" -m venv "$WORK/venv-$name" >"$logfile" 2>&1; then
+    local venv=$WORK/venv-$name
+    if "$prefix/bin/python3" -m venv "$venv" >"$logfile" 2>&1; then
         die "$name: 'python3 -m venv' unexpectedly succeeded (see $logfile)"
     fi
-    log "$name: 'python3 -m venv' failed as expected; last lines of its output:"
-    tail -n 6 "$logfile" | sed 's/^/    /' >&2
+    log "$name: 'python3 -m venv' failed as expected:"
+    tail -n 1 "$logfile" | sed 's/^/    /' >&2
+    # venv hides the output of the ensurepip run that failed; repeat that run
+    # in the half-created venv to record pip's error.
+    {
+        echo "--- $venv/bin/python3 -m ensurepip --upgrade --default-pip"
+        "$venv/bin/python3" -m ensurepip --upgrade --default-pip || true
+    } >>"$logfile" 2>&1
+    # Show pip's innermost frame of its own code and the exception.
+    log "$name: pip's error inside ensurepip:"
+    awk '/^ERROR: Exception:/ { on = 1 }
+         on && /^  File ".*\.whl\/pip\// { frame = $0 }
+         on && /^[[:alnum:]_.]*Error: / { print frame; print; exit }' "$logfile" \
+        | sed 's/^/    /' >&2
 }
 
 write_build_info() {
@@ -606,8 +625,11 @@ write_build_info() {
 
 # --------------------------------------------------------------------------
 
-cleanup() {
+on_exit() {
     local rc=$?
+    if [[ $rc -ne 0 && $REPORTED -eq 0 ]]; then
+        log "ERROR: exit status $rc after: ${FAILED_COMMAND:-?}"
+    fi
     if [[ -n $STAGE && -d $STAGE ]]; then
         if [[ $rc -ne 0 && ${PIPFIX_E2E_KEEP_FAILED:-0} == 1 ]]; then
             log "keeping the failed build in $STAGE"
@@ -620,6 +642,10 @@ cleanup() {
 main() {
     # Keep stdout for the result path only.
     exec 3>&1 1>&2
+    trap 'FAILED_COMMAND="$BASH_COMMAND (line $LINENO)"' ERR
+    trap on_exit EXIT
+    trap 'log "interrupted"; REPORTED=1; exit 130' INT
+    trap 'log "terminated"; REPORTED=1; exit 143' TERM
 
     command -v apt-get >/dev/null || die "this script needs a Debian-based system with apt-get"
     command -v flock >/dev/null || die "flock (util-linux) is required"
@@ -657,10 +683,8 @@ main() {
     # interrupted build (or a directory without the marker).
     rm -rf "$final" "$CACHE_ROOT/.static-musl-$KEY.tmp."*
 
-    trap cleanup EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
     STAGE=$(mktemp -d "$CACHE_ROOT/.static-musl-$KEY.tmp.XXXXXX")
+    chmod 755 "$STAGE"  # mktemp creates it 0700; the cache is meant to be shared
     WORK=$STAGE/work
     LOG_DIR=$STAGE/logs
     SYSROOT=$WORK/sysroot
@@ -690,7 +714,9 @@ main() {
     done
     run_step verify-upstream-ctypes-import verify_upstream_ctypes "$STAGE/upstream-ctypes"
     run_step verify-pbs-ctypes-import verify_pbs_ctypes "$STAGE/pbs-ctypes"
-    cat "$LOG_DIR/verify-static-binary.log" "$LOG_DIR"/verify-*-ctypes-import.log >&2
+    cat "$LOG_DIR/verify-static-binary.log" \
+        "$LOG_DIR/verify-upstream-ctypes-import.log" \
+        "$LOG_DIR/verify-pbs-ctypes-import.log" >&2
     for prefix in upstream-ctypes pbs-ctypes; do
         verify_venv_fails "$STAGE/$prefix" "$prefix"
     done

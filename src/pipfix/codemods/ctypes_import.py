@@ -24,6 +24,7 @@ from .helpers import (
     AncestorVisitor,
     Handler,
     Outcome,
+    PathTransformer,
     Site,
     Statement,
     add_oserror,
@@ -72,6 +73,12 @@ class _Finder(AncestorVisitor):
         super().__init__()
         self.imports: list[tuple[cst.Import | cst.ImportFrom, tuple[cst.CSTNode, ...]]] = []
 
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        # Imports are statements: nothing below a small statement or an
+        # expression can hold one, so skip those subtrees (most of the tree).
+        descend = super().on_visit(node)
+        return descend and not isinstance(node, (cst.BaseSmallStatement, cst.BaseExpression))
+
     def _record(self, node: cst.Import | cst.ImportFrom) -> None:
         if any(is_ctypes(target) for _, target in import_bindings(node)):
             self.imports.append((node, tuple(self.ancestors)))
@@ -91,6 +98,7 @@ class _Plan:
         self.return_on_failure: set[Statement] = set()
         self.none_on_failure: dict[Statement, list[str]] = {}
         self.function_checks: dict[cst.FunctionDef, str] = {}
+        self.within: set[cst.CSTNode] = set()
 
     def __bool__(self) -> bool:
         return bool(
@@ -104,13 +112,15 @@ def _module_level(
     """Rule 3: ``except (ImportError, OSError): ctypes = None`` needs a lone import."""
     bindings = import_bindings(node)
     if len(site.statement.body) != 1:
-        problems.append((node, "module-level ctypes import shares its line with other statements"))
+        why = "module-level ctypes import shares its line with other statements"
     elif not all(is_ctypes(target) for _, target in bindings):
-        problems.append((node, "module-level import of ctypes together with other modules"))
+        why = "module-level import of ctypes together with other modules"
     elif any(local == "*" for local, _ in bindings):
-        problems.append((node, "module-level 'from ctypes import *': names unknown"))
+        why = "module-level 'from ctypes import *' binds unknown names"
     else:
         plan.none_on_failure[site.statement] = [local for local, _ in bindings]
+        return
+    problems.append((node, f"{why}: cannot guard safely"))
 
 
 def _readers(module: cst.Module, plan: _Plan, problems: _Problems) -> None:
@@ -132,7 +142,7 @@ def _readers(module: cst.Module, plan: _Plan, problems: _Problems) -> None:
                         plan.function_checks.setdefault(scope.node, name)
                     else:
                         where = _WHERE.get(type(scope).__name__, "outside a function")
-                        reason = f"{name!r} is read {where}; it could be None"
+                        reason = f"{name!r} is read {where}: cannot guard its import safely"
                         problems.append((access.node, reason))
 
 
@@ -167,9 +177,11 @@ def _with_check(body: cst.BaseSuite, name: str) -> cst.BaseSuite:
     return body.with_changes(body=statements)
 
 
-class _Apply(cst.CSTTransformer):
+class _Apply(PathTransformer):
     def __init__(self, plan: _Plan) -> None:
-        super().__init__()
+        # The functions to give a None check were found by scope analysis, not
+        # by walking down: for them, visit everything (small, old modules only).
+        super().__init__(None if plan.function_checks else plan.within)
         self.plan = plan
 
     def _guarded(self, original: Statement, line: cst.SimpleStatementLine) -> cst.Try | None:
@@ -230,6 +242,7 @@ def run(module: cst.Module) -> Outcome:
     for node, ancestors in finder.imports:
         if is_protected(ancestors, node):
             continue
+        plan.within.update(ancestors)
         handler = _first_importerror_handler(list(enclosing_tries(ancestors, node)))
         if handler is not None:
             plan.handlers.add(handler)

@@ -14,6 +14,7 @@ import libcst as cst
 from .helpers import (
     AncestorVisitor,
     Outcome,
+    PathTransformer,
     Site,
     Statement,
     as_line,
@@ -96,9 +97,9 @@ class _Finder(AncestorVisitor):
         return self.aliases.get(head, head) + dot + rest
 
 
-class _Wrapper(cst.CSTTransformer):
-    def __init__(self, statements: set[Statement]) -> None:
-        super().__init__()
+class _Wrapper(PathTransformer):
+    def __init__(self, statements: set[Statement], within: set[cst.CSTNode]) -> None:
+        super().__init__(within)
         self.statements = statements
 
     def leave_SimpleStatementLine(
@@ -121,6 +122,7 @@ def run(module: cst.Module) -> Outcome:
     finder = _Finder()
     module.visit(finder)
     statements: set[Statement] = set()
+    within: set[cst.CSTNode] = set()
     problems: list[tuple[cst.CSTNode, str]] = []
     for call, name, ancestors in finder.calls:
         if finder.qualified(name) not in _LOADERS or is_protected(ancestors, call):
@@ -128,7 +130,8 @@ def run(module: cst.Module) -> Outcome:
         site = locate(ancestors)
         if isinstance(site, Site) and isinstance(site.owner, cst.FunctionDef):
             statements.add(site.statement)
+            within.update(ancestors)
         else:
             where = site if isinstance(site, str) else "at module level"
             problems.append((call, f"{name}(None) {where}: cannot guard safely"))
-    return outcome(module, _Wrapper(statements) if statements else None, problems)
+    return outcome(module, _Wrapper(statements, within) if statements else None, problems)

@@ -24,7 +24,9 @@ class Codemod(Protocol):
     def run(self, module: cst.Module) -> Outcome: ...
 
 
-# Order matters only for SourceResult.applied; the codemods do not interfere.
+# Run order, also the order of SourceResult.applied.  dlopen-self goes first so
+# that a CDLL(None) sharing a try with the ctypes import still gets pip 24.2's
+# own guard instead of relying on the ImportError handler ctypes-import widens.
 REGISTRY: tuple[Codemod, ...] = (dlopen_self, ctypes_import)
 
 

@@ -104,6 +104,23 @@ class AncestorVisitor(cst.CSTVisitor):
         super().on_leave(original_node)
 
 
+class PathTransformer(cst.CSTTransformer):
+    """A transformer that only descends towards the nodes it has to change.
+
+    ``within`` holds every node on the way down to a target (None: descend
+    everywhere); revisiting the whole tree would cost as much as the analysis.
+    ``leave_*`` still runs for each child of a node it descends into.
+    """
+
+    def __init__(self, within: set[cst.CSTNode] | None) -> None:
+        super().__init__()
+        self.within = within
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        descend = super().on_visit(node)
+        return descend and (self.within is None or node in self.within)
+
+
 def caught_names(handler: Handler) -> frozenset[str] | None:
     """Exception names an ``except`` clause lists; None for a bare ``except:``."""
     if handler.type is None:
@@ -163,10 +180,9 @@ class Site:
 
 
 def locate(ancestors: Sequence[cst.CSTNode]) -> Site | str:
-    """Find the statement holding a node (given its ancestors) and the statement's
-    owner, or say why there is none.
+    """The statement holding a node (given its ancestors) and its owner, or why none.
 
-    The returned string completes a sentence such as "ctypes.CDLL(None) ...".
+    A returned string completes a sentence such as "ctypes.CDLL(None) ...".
     """
     depth = len(ancestors) - 1
     while depth >= 0:
@@ -245,11 +261,14 @@ def is_ctypes(dotted: str) -> bool:
     return dotted == "ctypes" or dotted.startswith("ctypes.")
 
 
+def _comma() -> cst.Comma:
+    return cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+
+
 def _names(*names: str) -> cst.BaseExpression:
     if len(names) == 1:
         return cst.Name(names[0])
-    comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
-    elements = [cst.Element(cst.Name(name), comma=comma) for name in names[:-1]]
+    elements = [cst.Element(cst.Name(name), comma=_comma()) for name in names[:-1]]
     return cst.Tuple([*elements, cst.Element(cst.Name(names[-1]))])
 
 
@@ -289,15 +308,17 @@ def add_oserror(expr: cst.BaseExpression) -> cst.BaseExpression:
     """``ImportError`` -> ``(ImportError, OSError)``; ``(A, B)`` -> ``(A, B, OSError)``."""
     oserror = cst.Name("OSError")
     if isinstance(expr, cst.Tuple) and expr.elements:
+        # The old last element takes the separator style of the one before it
+        # (multi-line tuples stay multi-line); OSError takes its trailing comma.
         *rest, last = expr.elements
-        separator = rest[-1].comma if rest else cst.MaybeSentinel.DEFAULT
+        separator = rest[-1].comma if rest else _comma()
         if not isinstance(separator, cst.Comma):
-            separator = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+            separator = _comma()
         new_last = cst.Element(oserror, comma=last.comma)
-        return expr.with_changes(elements=[*rest, last.with_changes(comma=separator), new_last])
-    comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+        last = last.with_changes(comma=separator.deep_clone())
+        return expr.with_changes(elements=[*rest, last, new_last])
     bare = expr.with_changes(lpar=(), rpar=())
-    elements = [cst.Element(bare, comma=comma), cst.Element(oserror)]
+    elements = [cst.Element(bare, comma=_comma()), cst.Element(oserror)]
     if expr.lpar:
         return cst.Tuple(elements, lpar=expr.lpar, rpar=expr.rpar)
     return cst.Tuple(elements)

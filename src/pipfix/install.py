@@ -1,0 +1,430 @@
+"""Bring the pip (and setuptools) installed in a target to the patched state.
+
+The patched wheel is installed by **installer** into a staging tree (its
+``destdir``) with a scheme computed for the target, never by running the
+target's own pip. The staged tree is compared with what is installed and only
+the files whose bytes differ are swapped in (``swap``): unchanged modules keep
+their bytecode caches, existing launchers keep their style, and the result is
+a normal installed distribution (patched files, correct RECORD, INSTALLER) that
+a later ``pip install -U pip`` or ``pip uninstall pip`` handles as usual.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from installer import install as installer_install
+from installer.destinations import SchemeDictionaryDestination
+from installer.records import RecordEntry
+from installer.sources import WheelFile
+from installer.utils import Scheme, parse_entrypoints
+from packaging.utils import canonicalize_name, canonicalize_version
+
+from . import launchers, patcher, record, scheme as schemes, swap
+from .errors import PipfixError
+from .installed import (
+    InstalledDistribution,
+    find_installed,
+    is_bytecode,
+    rebuild_wheel,
+    verify_installed,
+)
+from .patcher import WheelState
+from .target import Installation
+
+WheelKey = tuple[str, str]  # (canonical name, canonical version)
+
+
+def wheel_key(name: str, version: str) -> WheelKey:
+    return canonicalize_name(name), canonicalize_version(version)
+
+
+@dataclass(frozen=True)
+class InstallReport:
+    distribution: str
+    version: str
+    site_dir: str
+    action: str
+    source: str = ""
+    scheme: str = ""
+    scripts: str = ""
+    bytecode: str = ""
+    changed_files: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["changed_files"] = list(self.changed_files)
+        return data
+
+
+@dataclass(frozen=True)
+class InstallOptions:
+    dry_run: bool = False
+    relocatable: bool | None = None  # None: keep the target's current style
+    ensurepip: bool = False
+
+
+# --- launchers -----------------------------------------------------------------
+
+_PIP_SCRIPT = re.compile(r"pip(\d+(\.\d+)?)?$")
+_EASY_INSTALL_SCRIPT = re.compile(r"easy_install(-\d+\.\d+)?$")
+
+
+def _entry_point_for(name: str, available: Mapping[str, tuple[str, str, str]]) -> tuple[str, str, str] | None:
+    """The wheel's entry point behind a script name, mapping pipX.Y like pip does."""
+    if name in available:
+        return available[name]
+    for pattern, base in ((_PIP_SCRIPT, "pip"), (_EASY_INSTALL_SCRIPT, "easy_install")):
+        if pattern.match(name) and base in available:
+            return available[base]
+    return None
+
+
+def _ensurepip_script_names(available: Mapping[str, tuple[str, str, str]], version: str) -> list[str]:
+    """What ``python -m ensurepip`` would create: pip3 and pip3.X (no bare ``pip``)."""
+    names = []
+    if "pip" in available:
+        names += ["pip3", f"pip{version}"]
+    if "easy_install" in available:
+        names.append(f"easy_install-{version}")
+    return names
+
+
+def _console_entry_points(wheel: WheelFile) -> dict[str, tuple[str, str, str]]:
+    if "entry_points.txt" not in wheel.dist_info_filenames:
+        return {}
+    text = wheel.read_dist_info("entry_points.txt")
+    return {name: (module, attr, section) for name, module, attr, section in parse_entrypoints(text)}
+
+
+class _ScriptedWheel(WheelFile):
+    """The wheel, with its console scripts named as the target needs them."""
+
+    def __init__(self, archive: zipfile.ZipFile, scripts: Mapping[str, tuple[str, str, str]]) -> None:
+        super().__init__(archive)
+        self._scripts = scripts
+
+    def read_dist_info(self, filename: str) -> str:
+        if filename != "entry_points.txt":
+            return super().read_dist_info(filename)
+        sections: dict[str, list[str]] = {}
+        for name, (module, attr, section) in self._scripts.items():
+            sections.setdefault(f"{section}_scripts", []).append(f"{name} = {module}:{attr}")
+        return "".join(f"[{s}]\n" + "\n".join(lines) + "\n" for s, lines in sections.items())
+
+
+class _StagingDestination(SchemeDictionaryDestination):
+    """installer's destination, writing under a staging root, launchers by policy."""
+
+    def __init__(
+        self,
+        scheme_dict: dict[str, str],
+        interpreter: str,
+        stage_root: Path,
+        script_bytes: Callable[[str, str, str, str], bytes],
+    ) -> None:
+        super().__init__(
+            scheme_dict, interpreter=interpreter, script_kind="posix",
+            hash_algorithm="sha256", destdir=str(stage_root),
+        )
+        self._script_bytes = script_bytes
+
+    def write_script(self, name: str, module: str, attr: str, section: str) -> RecordEntry:  # type: ignore[override]
+        data = self._script_bytes(name, module, attr, section)
+        with io.BytesIO(data) as stream:
+            return self.write_to_fs(Scheme("scripts"), name, stream, is_executable=True)
+
+
+# --- staging and comparison -----------------------------------------------------------
+
+
+def _final_path(stage_root: Path, staged: Path) -> Path:
+    return Path("/") / staged.relative_to(stage_root)
+
+
+def _staged_files(stage_root: Path) -> list[Path]:
+    return sorted(p for p in stage_root.rglob("*") if p.is_file())
+
+
+_COMPILE = (
+    "import compileall, sys\n"
+    "args = sys.argv[1:]\n"
+    "ok = all(compileall.compile_file(args[i], ddir=args[i + 1], quiet=2, force=True)"
+    " for i in range(0, len(args), 2))\n"
+    "sys.exit(0 if ok else 1)\n"
+)
+
+
+def _compile_with_target(interpreter: Path, sources: list[tuple[Path, Path]]) -> bool:
+    if not sources:
+        return True
+    args = [str(a) for staged, final in sources for a in (staged, final.parent)]
+    return schemes.ask_target(interpreter, ["-c", _COMPILE, *args]) is not None
+
+
+def _cache_files_of(source: Path) -> list[Path]:
+    cache = source.parent / "__pycache__"
+    if not cache.is_dir():
+        return []
+    return sorted(cache.glob(f"{source.stem}.*.pyc"))
+
+
+def _rewrite_staged_record(
+    record_file: Path, site_dir: Path, extra: Iterable[tuple[Path, Path]]
+) -> None:
+    """Add rows for bytecode caches that stay valid or were compiled by the target.
+
+    ``extra`` holds (final path, path to read the bytes from) pairs; RECORD
+    paths are relative to the final ``site_dir``.
+    """
+    text = record_file.read_text(encoding="utf-8")
+    rows = []
+    for final, readable in extra:
+        relative = os.path.relpath(final, site_dir).replace(os.sep, "/")
+        rows.append(",".join(record.entry_for(relative, readable.read_bytes()).to_row()) + "\n")
+    lines = text.splitlines(keepends=True)
+    record_row = [line for line in lines if line.split(",", 1)[0].endswith("/RECORD")]
+    others = [line for line in lines if line not in record_row]
+    record_file.write_text("".join(others + rows + record_row), encoding="utf-8")
+
+
+@dataclass
+class _Staged:
+    operations: list[swap.Operation]
+    changed: list[str]
+    bytecode: str
+
+
+def _stage(
+    target_scheme: schemes.InstallScheme,
+    stage_root: Path,
+    wheel_path: Path,
+    dist: InstalledDistribution | None,
+    options: InstallOptions,
+    runs: bool,
+) -> tuple[_Staged, str]:
+    existing_scripts = {}
+    if dist is not None:
+        for path in dist.files():
+            if path.parent == target_scheme.scripts and path.is_file():
+                existing_scripts[path.name] = path.read_bytes()
+    keep_style = launchers.existing_style_is_relocatable(
+        [target_scheme.scripts / n for n in existing_scripts]
+    )
+    relocatable = options.relocatable if options.relocatable is not None else bool(keep_style)
+    script_style = "relocatable /bin/sh launchers" if relocatable else "absolute shebang"
+    if options.relocatable is None and existing_scripts:
+        script_style = "kept as they were (" + script_style + ")"
+
+    def script_bytes(name: str, module: str, attr: str, section: str) -> bytes:
+        if name in existing_scripts:
+            current = existing_scripts[name]
+            if relocatable:
+                return launchers.make_relocatable(current, target_scheme.interpreter)
+            if options.relocatable is False and launchers.is_relocatable(current):
+                return launchers.generate(name, module, attr, section, target_scheme.interpreter, False)
+            return current
+        return launchers.generate(name, module, attr, section, target_scheme.interpreter, relocatable)
+
+    with zipfile.ZipFile(wheel_path) as archive:
+        available = _console_entry_points(WheelFile(archive))
+        if dist is not None:
+            names = sorted(existing_scripts)
+        else:
+            names = _ensurepip_script_names(available, target_scheme.version)
+        scripts = {n: ep for n in names if (ep := _entry_point_for(n, available)) is not None}
+        source = _ScriptedWheel(archive, scripts)
+        destination = _StagingDestination(
+            target_scheme.as_installer_dict(), str(target_scheme.interpreter), stage_root, script_bytes
+        )
+        metadata = dist.install_metadata() if dist is not None else {"INSTALLER": b"pip\n"}
+        installer_install(source, destination, metadata)
+
+    staged = _staged_files(stage_root)
+    changed_sources = [
+        (s, _final_path(stage_root, s))
+        for s in staged
+        if s.suffix == ".py"
+        and not (_final_path(stage_root, s).is_file() and _final_path(stage_root, s).read_bytes() == s.read_bytes())
+    ]
+    stale_caches = [c for _, final in changed_sources for c in _cache_files_of(final)]
+    changed_finals = {final for _, final in changed_sources}
+    kept_caches = []
+    if dist is not None:
+        for path, _entry in dist.records.items():
+            absolute = dist.absolute(path)
+            if is_bytecode(path) and absolute.is_file() and absolute not in stale_caches:
+                source_py = absolute.parent.parent / (absolute.name.split(".", 1)[0] + ".py")
+                if source_py not in changed_finals:
+                    kept_caches.append(absolute)
+    if runs and _compile_with_target(target_scheme.interpreter, changed_sources):
+        compiled = [c for s, _ in changed_sources for c in _cache_files_of(s)]
+        bytecode = "changed modules compiled with the target"
+    else:
+        compiled = []
+        bytecode = "none for changed modules: the target does not run here" if not runs else \
+            "none for changed modules: the target failed to compile them"
+    extra = [(c, c) for c in kept_caches] + [(_final_path(stage_root, c), c) for c in compiled]
+    for record_file in (p for p in staged if p.name == "RECORD" and p.parent.suffix == ".dist-info"):
+        final_site = _final_path(stage_root, record_file.parent.parent)
+        _rewrite_staged_record(record_file, final_site, extra)
+    staged = _staged_files(stage_root)
+
+    operations: list[swap.Operation] = []
+    new_finals = set(kept_caches)
+    for staged_file in staged:
+        final = _final_path(stage_root, staged_file)
+        new_finals.add(final)
+        if final.is_file() and final.read_bytes() == staged_file.read_bytes():
+            staged_file.unlink()
+            continue
+        operations.append(swap.Operation("replace", final, staged_file))
+    old_files = set(dist.files()) if dist is not None else set()
+    for path in sorted((old_files | set(stale_caches)) - new_finals):
+        if path.exists():
+            operations.append(swap.Operation("remove", path))
+    changed = sorted(
+        os.path.relpath(o.path, target_scheme.purelib) for o in operations if o.path.suffix == ".py"
+    )
+    return _Staged(operations, changed, bytecode), script_style
+
+
+def _swap_in(
+    installation: Installation,
+    target_scheme: schemes.InstallScheme,
+    wheel_name: str,
+    wheel_data: bytes,
+    dist: InstalledDistribution | None,
+    options: InstallOptions,
+    runs: bool,
+) -> tuple[list[str], str, str]:
+    state_dir = installation.state_dir
+    state_dir.mkdir(exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix="stage-", dir=state_dir))
+    wheel_path = stage / wheel_name
+    wheel_path.write_bytes(wheel_data)
+    staged, script_style = _stage(target_scheme, stage / "root", wheel_path, dist, options, runs)
+    if not staged.operations:
+        swap.complete(state_dir)
+        return [], script_style, staged.bytecode
+    name = dist.name if dist is not None else wheel_name.split("-")[0]
+    version = dist.version if dist is not None else wheel_name.split("-")[1]
+    key = f"{name}-{version}-python{target_scheme.version}"
+    swap.prepare(state_dir, key, staged.operations)
+    swap.run(state_dir, staged.operations, stage)
+    return staged.changed, script_style, staged.bytecode
+
+
+# --- the command ---------------------------------------------------------------------
+
+
+def _patched_wheel_for(
+    dist: InstalledDistribution, patched: Mapping[WheelKey, tuple[str, bytes]]
+) -> tuple[str, str, bytes | None, str]:
+    """(source description, wheel name, patched bytes or None, state) for a distribution."""
+    at_hand = patched.get(wheel_key(dist.name, dist.version))
+    if at_hand is not None:
+        return "the patched ensurepip wheel", at_hand[0], at_hand[1], WheelState.NEEDS_PATCH.value
+    filename, data = rebuild_wheel(dist)
+    plan = patcher.plan(Path(filename), data)
+    if plan.state is WheelState.NEEDS_PATCH:
+        return "a wheel rebuilt from its installed files", filename, plan.build(), plan.state.value
+    return "its installed files", filename, None, plan.state.value
+
+
+def reinstall(
+    installation: Installation,
+    patched: Mapping[WheelKey, tuple[str, bytes]],
+    bundled: Mapping[str, list[tuple[str, bytes]]],
+    options: InstallOptions,
+) -> list[InstallReport]:
+    """Patch every installed pip/setuptools of ``installation`` (and --ensurepip)."""
+    reports: list[InstallReport] = []
+    if not options.dry_run and installation.state_dir.is_dir():
+        swap.complete(installation.state_dir)
+    for computed in schemes.computed_schemes(installation):
+        target_scheme = schemes.confirm(computed)
+        runs = target_scheme.source != schemes.COMPUTED
+        dists = [d for site in target_scheme.site_dirs for d in find_installed(site)]
+        for dist in dists:
+            reports.append(_reinstall_one(installation, target_scheme, dist, patched, options, runs))
+        if options.ensurepip and not any(canonicalize_name(d.name) == "pip" for d in dists):
+            for wheel_name, data in bundled.get(computed.version, []):
+                reports.append(
+                    _install_new(installation, target_scheme, wheel_name, data, options, runs)
+                )
+    return reports
+
+
+def _reinstall_one(
+    installation: Installation,
+    target_scheme: schemes.InstallScheme,
+    dist: InstalledDistribution,
+    patched: Mapping[WheelKey, tuple[str, bytes]],
+    options: InstallOptions,
+    runs: bool,
+) -> InstallReport:
+    base = dict(distribution=dist.name, version=dist.version, site_dir=str(dist.site_dir),
+                scheme=target_scheme.source)
+    existing = dist.provenance
+    if existing is not None and options.relocatable is None:
+        return InstallReport(**base, action="already patched")  # type: ignore[arg-type]
+    verify_installed(dist)
+    source, wheel_name, data, state = _patched_wheel_for(dist, patched)
+    if data is None:
+        if existing is None:
+            return InstallReport(**base, action="nothing to do", source=f"{state}")  # type: ignore[arg-type]
+        filename, data = rebuild_wheel(dist)
+        wheel_name, source = filename, "its installed (already patched) files"
+    if options.dry_run:
+        return InstallReport(**base, action="would reinstall", source=source)  # type: ignore[arg-type]
+    changed, scripts, bytecode = _swap_in(
+        installation, target_scheme, wheel_name, data, dist, options, runs
+    )
+    action = "reinstalled patched" if changed or existing is None else "launchers rewritten"
+    return InstallReport(**base, action=action, source=source, scripts=scripts,  # type: ignore[arg-type]
+                         bytecode=bytecode, changed_files=tuple(changed))
+
+
+def _install_new(
+    installation: Installation,
+    target_scheme: schemes.InstallScheme,
+    wheel_name: str,
+    data: bytes,
+    options: InstallOptions,
+    runs: bool,
+) -> InstallReport:
+    name, version = wheel_name.split("-")[:2]
+    base = dict(distribution=name, version=version, site_dir=str(target_scheme.purelib),
+                scheme=target_scheme.source, source="the patched ensurepip wheel")
+    if options.dry_run:
+        return InstallReport(**base, action="would install")  # type: ignore[arg-type]
+    _, scripts, bytecode = _swap_in(installation, target_scheme, wheel_name, data, None, options, runs)
+    return InstallReport(**base, action="installed (ensurepip)", scripts=scripts,  # type: ignore[arg-type]
+                         bytecode=bytecode)
+
+
+def restore_installs(installation: Installation) -> list[InstallReport]:
+    """Put back every installation pipfix swapped, byte for byte."""
+    state_dir = installation.state_dir
+    if not state_dir.is_dir():
+        return []
+    swap.complete(state_dir)
+    reports = []
+    for install_dir in sorted((state_dir / swap.INSTALLS).glob("*")):
+        if not (install_dir / swap.MANIFEST).is_file():
+            continue
+        restored = swap.restore(state_dir, install_dir)
+        name, version = install_dir.name.split("-")[:2]
+        reports.append(InstallReport(name, version, "", "restored",
+                                     changed_files=tuple(restored)))
+    return reports
+

@@ -1,0 +1,149 @@
+"""Install schemes of a target, computed from its layout, confirmed by running it if possible.
+
+installer needs purelib/platlib/scripts/data/headers. We compute them the way
+sysconfig's ``posix_prefix`` / ``nt`` / ``venv`` schemes would inside the
+target, from the target's directory layout and ``_sysconfigdata`` -- without
+running it, since it may be a cross-compiled binary. When the target does run
+here, it is asked for ``sysconfig.get_paths()`` and its answer is used; the
+report says which way was taken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .target import Installation
+
+COMPUTED = "computed from the layout (target not run)"
+CONFIRMED = "computed, confirmed by running the target"
+FROM_TARGET = "taken from the running target (differs from the layout)"
+
+
+@dataclass(frozen=True)
+class InstallScheme:
+    """Where one Python version of a target installs distributions."""
+
+    version: str
+    purelib: Path
+    platlib: Path
+    scripts: Path
+    data: Path
+    headers: Path
+    interpreter: Path
+    source: str = COMPUTED
+
+    def as_installer_dict(self) -> dict[str, str]:
+        return {
+            "purelib": str(self.purelib),
+            "platlib": str(self.platlib),
+            "scripts": str(self.scripts),
+            "data": str(self.data),
+            "headers": str(self.headers),
+        }
+
+    @property
+    def site_dirs(self) -> tuple[Path, ...]:
+        return tuple(dict.fromkeys((self.purelib, self.platlib)))
+
+
+def _interpreter(bindir: Path, version: str) -> Path:
+    for name in (f"python{version}", "python3", "python", "python.exe"):
+        candidate = bindir / name
+        if candidate.exists():
+            return candidate
+    return bindir / f"python{version}"
+
+
+def computed_schemes(installation: Installation) -> list[InstallScheme]:
+    """Schemes for every Python version in the installation, from its layout only."""
+    prefix = installation.prefix
+    schemes = []
+    if installation.libs == () and installation.venv_versions:
+        for version in installation.venv_versions:
+            if version == "windows":
+                site = prefix / "Lib" / "site-packages"
+                bindir = prefix / "Scripts"
+            else:
+                site = prefix / "lib" / f"python{version}" / "site-packages"
+                bindir = prefix / "bin"
+            schemes.append(
+                InstallScheme(version, site, site, bindir, prefix,
+                              prefix / "include" / "site" / f"python{version}",
+                              _interpreter(bindir, version))
+            )
+        return schemes
+    for lib in installation.libs:
+        if lib.version == "windows":
+            site = prefix / "Lib" / "site-packages"
+            schemes.append(
+                InstallScheme(lib.version, site, site, prefix / "Scripts", prefix,
+                              prefix / "Include", _interpreter(prefix, "")),
+            )
+            continue
+        platlibdir = str(lib.build_vars.get("PLATLIBDIR") or "lib")
+        purelib = lib.stdlib / "site-packages"
+        platlib = prefix / platlibdir / lib.stdlib.name / "site-packages"
+        if not platlib.parent.is_dir():
+            platlib = purelib
+        bindir = prefix / "bin"
+        schemes.append(
+            InstallScheme(
+                lib.version, purelib, platlib, bindir, prefix,
+                prefix / "include" / lib.stdlib.name, _interpreter(bindir, lib.version),
+            )
+        )
+    return schemes
+
+
+_ASK = "import json, sysconfig; print(json.dumps(sysconfig.get_paths()))"
+
+
+def target_runs(interpreter: Path, timeout: float = 20) -> bool:
+    """Whether the target interpreter executes on this host."""
+    return ask_target(interpreter, ["-c", "pass"], timeout) is not None
+
+
+def ask_target(interpreter: Path, args: list[str], timeout: float = 60) -> str | None:
+    """Run the target isolated, writing no bytecode; None when it cannot run here."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_"))}
+    try:
+        result = subprocess.run(
+            [str(interpreter), "-I", "-B", *args],
+            capture_output=True, text=True, timeout=timeout, env=env,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def confirm(scheme: InstallScheme) -> InstallScheme:
+    """Ask the target for its paths when it runs; keep the computed ones otherwise."""
+    if not scheme.interpreter.exists():
+        return scheme
+    answer = ask_target(scheme.interpreter, ["-c", _ASK])
+    if answer is None:
+        return scheme
+    try:
+        live = {k: Path(v) for k, v in json.loads(answer).items()}
+    except (ValueError, TypeError, AttributeError):
+        return scheme
+    keys = ("purelib", "platlib", "scripts")
+    computed = {k: Path(os.path.realpath(getattr(scheme, k))) for k in keys}
+    if all(Path(os.path.realpath(live[k])) == computed[k] for k in keys if k in live):
+        return _replace_source(scheme, CONFIRMED)
+    return InstallScheme(
+        scheme.version, live.get("purelib", scheme.purelib), live.get("platlib", scheme.platlib),
+        live.get("scripts", scheme.scripts), live.get("data", scheme.data),
+        live.get("include", scheme.headers), scheme.interpreter, FROM_TARGET,
+    )
+
+
+def _replace_source(scheme: InstallScheme, source: str) -> InstallScheme:
+    return InstallScheme(
+        scheme.version, scheme.purelib, scheme.platlib, scheme.scripts, scheme.data,
+        scheme.headers, scheme.interpreter, source,
+    )

@@ -1,0 +1,224 @@
+"""Swap a staged installation into place, so that it is never half-installed.
+
+Order of a swap:
+
+1. The new files are staged in ``<target>/.pipfix/stage-*`` (same filesystem).
+2. Every file that will be replaced or removed gets an exact backup (a hard
+   link, so it costs nothing) and a restore manifest lists them.
+3. A journal lists the renames and removals; it is written atomically.
+4. The renames run; each is idempotent, so a re-run after a kill at any
+   point simply completes the journal (roll forward: everything it renames
+   was verified before the journal was written).
+5. The journal is removed, then the staging directory.
+
+A kill before step 3 leaves the target untouched (the next run discards the
+stage and the unused backups). ``restore`` reads the manifest and puts every
+file back byte for byte, removing the files the swap added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import faults, store
+from .errors import PipfixError, describe_os_error
+
+JOURNAL = "journal.json"
+INSTALLS = "installs"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Operation:
+    op: str  # "replace" or "remove"
+    path: Path
+    staged: Path | None = None
+
+
+def _relative(path: Path, state_dir: Path) -> str:
+    """Paths are kept relative to the installation, so a moved prefix can still restore."""
+    return os.path.relpath(path, state_dir.parent)
+
+
+def _absolute(stored: str, state_dir: Path) -> Path:
+    return Path(os.path.normpath(state_dir.parent / stored))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_json(path: Path, payload: object, state_dir: Path) -> None:
+    data = (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode()
+    store.replace_atomically(
+        path, data, store.expect_sha256(hashlib.sha256(data).hexdigest()), staging_root=state_dir
+    )
+
+
+def _backup_file(path: Path, backup: Path) -> None:
+    backup.parent.mkdir(parents=True, exist_ok=True)
+    faults.step(f"backup {path}")
+    try:
+        os.link(path, backup)
+    except OSError:
+        shutil.copy2(path, backup)
+        with backup.open("rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def prepare(state_dir: Path, key: str, operations: list[Operation]) -> Path:
+    """Back up what the operations touch and write the restore manifest (steps 2)."""
+    install_dir = state_dir / INSTALLS / key
+    files_dir = install_dir / "files"
+    entries = _read_manifest(install_dir)["entries"] if (install_dir / MANIFEST).is_file() else []
+    # A path backed up by an earlier swap keeps that backup: it holds the original.
+    known = {entry["path"] for entry in entries}
+    for operation in operations:
+        if _relative(operation.path, state_dir) in known:
+            continue
+        if operation.path.exists():
+            backup = files_dir / _relative(operation.path, state_dir).replace("..", "__up__")
+            _backup_file(operation.path, backup)
+            entries.append(
+                {"path": _relative(operation.path, state_dir),
+                 "backup": str(backup.relative_to(install_dir)),
+                 "sha256": _sha256(backup), "mode": operation.path.stat().st_mode & 0o7777}
+            )
+        else:
+            entries.append({"path": _relative(operation.path, state_dir), "backup": None})
+    root = state_dir.parent
+    created = set(_read_manifest(install_dir).get("created_dirs", [])) if known else set()
+    for operation in operations:
+        for parent in operation.path.parents:
+            if parent == root or root not in parent.parents or parent.exists():
+                break
+            created.add(_relative(parent, state_dir))
+    install_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(
+        install_dir / MANIFEST, {"entries": entries, "created_dirs": sorted(created)}, state_dir
+    )
+    return install_dir
+
+
+def run(state_dir: Path, operations: list[Operation], stage: Path) -> None:
+    """Write the journal and carry it out (steps 3 to 5)."""
+    _write_json(
+        state_dir / JOURNAL,
+        {
+            "stage": _relative(stage, state_dir),
+            "operations": [
+                {
+                    "op": o.op,
+                    "path": _relative(o.path, state_dir),
+                    "staged": _relative(o.staged, state_dir) if o.staged else None,
+                }
+                for o in operations
+            ],
+        },
+        state_dir,
+    )
+    complete(state_dir)
+
+
+def complete(state_dir: Path) -> bool:
+    """Finish an interrupted swap, if there is one; True when one was finished."""
+    journal_path = state_dir / JOURNAL
+    if not journal_path.exists():
+        _discard_stages(state_dir)
+        return False
+    try:
+        journal = json.loads(journal_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PipfixError(journal_path, f"unreadable journal: {exc}") from None
+    touched: set[Path] = set()
+    for item in journal["operations"]:
+        path = _absolute(item["path"], state_dir)
+        staged = _absolute(item["staged"], state_dir) if item.get("staged") else None
+        try:
+            if item["op"] == "replace" and staged is not None and staged.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                faults.step(f"rename {staged} -> {path}")
+                os.replace(staged, path)
+            elif item["op"] == "remove" and (path.exists() or path.is_symlink()):
+                faults.step(f"remove {path}")
+                path.unlink()
+        except OSError as exc:
+            raise PipfixError(path, f"cannot complete the swap: {describe_os_error(exc)}") from None
+        touched.add(path.parent)
+    for directory in sorted(touched):
+        if directory.exists():
+            store.fsync_directory(directory)
+    faults.step("remove journal")
+    journal_path.unlink()
+    store.fsync_directory(state_dir)
+    _discard_stages(state_dir)
+    return True
+
+
+def _discard_stages(state_dir: Path) -> None:
+    if state_dir.is_dir():
+        for stage in state_dir.glob("stage-*"):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _prune_created(directories: list[Path]) -> None:
+    """Remove the directories the swap created, once the files it added are gone."""
+    for directory in sorted(directories, key=lambda p: len(p.parts), reverse=True):
+        cache = directory / "__pycache__"
+        if cache.is_dir() and not any(cache.iterdir()):
+            cache.rmdir()
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # not empty: something else was put there since
+
+
+def _read_manifest(install_dir: Path) -> dict[str, list[dict[str, object]]]:
+    manifest_path = install_dir / MANIFEST
+    try:
+        manifest: dict[str, list[dict[str, object]]] = json.loads(
+            manifest_path.read_text(encoding="utf-8")
+        )
+    except (OSError, ValueError) as exc:
+        raise PipfixError(manifest_path, f"unreadable restore manifest: {exc}") from None
+    return manifest
+
+
+def restore(state_dir: Path, install_dir: Path) -> list[str]:
+    """Put back every file of the manifest byte for byte; remove what the swap added."""
+    manifest = _read_manifest(install_dir)
+    for entry in manifest["entries"]:
+        if entry["backup"] is not None:
+            backup = install_dir / entry["backup"]
+            if not backup.is_file() or _sha256(backup) != entry["sha256"]:
+                raise PipfixError(backup, "backup is missing or altered; refusing to restore")
+    restored = []
+    for entry in manifest["entries"]:
+        path = _absolute(str(entry["path"]), state_dir)
+        if entry["backup"] is None:
+            if path.exists():
+                faults.step(f"remove {path}")
+                path.unlink()
+            if path.suffix == ".py":
+                for cache in path.parent.glob(f"__pycache__/{path.stem}.*.pyc"):
+                    cache.unlink()  # never outlives the source it was compiled from
+        else:
+            backup = install_dir / entry["backup"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            store.replace_atomically(
+                path, backup.read_bytes(), store.expect_sha256(entry["sha256"]),
+                staging_root=state_dir,
+            )
+            os.chmod(path, entry["mode"])
+        restored.append(str(path))
+    _prune_created(
+        [_absolute(str(d), state_dir) for d in manifest.get("created_dirs", [])]
+    )
+    faults.step(f"remove backups {install_dir}")
+    shutil.rmtree(install_dir)
+    return restored

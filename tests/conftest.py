@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -115,3 +115,42 @@ def find_interpreter(minor: str) -> Path | None:
 @pytest.fixture
 def tmp_tree(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
+
+
+def _can_mount() -> bool:
+    return sys.platform.startswith("linux") and os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Mount a private tmpfs (for read-only and disk-full tests); unmounted afterwards."""
+    if not _can_mount():
+        if IN_CI:
+            pytest.fail("CI must run the filesystem fault tests: needs root and mount")
+        pytest.skip("needs root and mount(8) to make a read-only or full filesystem")
+    mounts: list[Path] = []
+
+    def make(size: str = "64m") -> Path:
+        point = tmp_path / f"mnt{len(mounts)}"
+        point.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], check=True)
+        mounts.append(point)
+        return point
+
+    yield make
+    for point in reversed(mounts):
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture
+def read_only_copy(small_filesystem: Callable[..., Path]) -> Callable[[Path], Path]:
+    """Copy a tree onto a tmpfs and remount it read-only."""
+
+    def make(tree: Path) -> Path:
+        point = small_filesystem("256m")
+        target = point / tree.name
+        shutil.copytree(tree, target, symlinks=True)
+        subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
+        return target
+
+    return make

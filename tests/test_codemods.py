@@ -8,6 +8,7 @@ import builtins
 import functools
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import types
@@ -89,12 +90,41 @@ def text(result: SourceResult) -> str:
     return result.source.decode()
 
 
+GUARDED_IMPORT = "try:\n    import ctypes\nexcept (ImportError, OSError):\n    ctypes = None\n"
+
+
 # --- real upstream wheels -------------------------------------------------------------
+
+
+# Outside glibc detection, the only members the codemods change: setuptools'
+# windows_support.py, whose module-level ``import ctypes`` setuptools.dist runs
+# on every platform (pypa/setuptools#2234; moved into hide_file() in 60.x).
+WINDOWS_SUPPORT = "setuptools/windows_support.py"
+WINDOWS_SUPPORT_WHEELS = {
+    "setuptools-40.6.2-py2.py3-none-any.whl",
+    "setuptools-41.2.0-py2.py3-none-any.whl",
+    "setuptools-47.1.0-py3-none-any.whl",
+    "setuptools-49.2.1-py3-none-any.whl",
+    "setuptools-56.0.0-py3-none-any.whl",
+    "setuptools-58.1.0-py3-none-any.whl",
+}
+# Members with a module-level ``import ctypes`` line that ctypes-import leaves as
+# they are: macOS- or Windows-only modules, where ``return None`` would change
+# what a function returns, or where ctypes is used at import time anyway.
+MODULE_LEVEL_IMPORT_LEFT_ALONE = {
+    "pip/_vendor/platformdirs/windows.py",  # readers return values
+    "pip/_vendor/rich/_win32_console.py",  # read at module level, from ctypes import ...
+    "pip/_vendor/truststore/_macos.py",  # from ctypes import ... at module level
+    "pip/_vendor/urllib3/contrib/_securetransport/low_level.py",  # readers return values
+    "pip/_vendor/urllib3/contrib/securetransport.py",  # readers return values
+}
+MODULE_LEVEL_IMPORT = re.compile(rb"(?m)^import ctypes\s*$")
 
 
 @pytest.mark.parametrize("name", WHEELS)
 def test_every_python_member_of_every_pinned_wheel(name: str) -> None:
     glibc_members = []
+    other_changed = set()
     for path, source in py_members(name):
         if not could_need_change(source):
             if b"ctypes" in source:  # without the word ctypes nothing can be flagged
@@ -110,12 +140,76 @@ def test_every_python_member_of_every_pinned_wheel(name: str) -> None:
             glibc_members.append(path)
             assert result.changed, path
             assert find_unguarded(source) != [], f"{path}: checker sees nothing to fix"
+        elif result.changed:
+            other_changed.add(path)
+            assert result.applied == ("ctypes-import",), path
+            assert find_unguarded(source) != [], f"{path}: checker sees nothing to fix"
         else:
             assert result.source == source, path
             assert result.applied == ()
     assert glibc_members, f"{name}: no glibc-detection module found"
     basenames = {path.rsplit("/", 1)[-1] for path in glibc_members}
     assert basenames <= {"glibc.py", "tags.py", "_manylinux.py"}, glibc_members
+    assert other_changed == ({WINDOWS_SUPPORT} if name in WINDOWS_SUPPORT_WHEELS else set())
+
+
+def test_module_level_ctypes_imports_outside_glibc_detection() -> None:
+    """Every such member is selected; only windows_support.py changes, silently elsewhere."""
+    changed, left_alone = set(), set()
+    for name in WHEELS:
+        for path, source in py_members(name):
+            if GLIBC_PROBE in source or not MODULE_LEVEL_IMPORT.search(source):
+                continue
+            assert could_need_change(source), path
+            result = transformed(source)
+            assert result.unpatchable == (), path
+            if result.changed:
+                changed.add((name, path))
+            else:
+                assert find_unguarded(source) == [], path
+                left_alone.add(path)
+    assert changed == {(name, WINDOWS_SUPPORT) for name in WINDOWS_SUPPORT_WHEELS}
+    assert left_alone == MODULE_LEVEL_IMPORT_LEFT_ALONE
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("pip-26.3-py3-none-any.whl", "pip/_vendor/truststore/_macos.py"),
+        ("pip-24.0-py3-none-any.whl", "pip/_vendor/truststore/_macos.py"),
+        ("pip-25.0.1-py3-none-any.whl", "pip/_vendor/urllib3/contrib/securetransport.py"),
+        ("pip-10.0.1-py2.py3-none-any.whl", "pip/_vendor/urllib3/contrib/securetransport.py"),
+        (
+            "pip-25.0.1-py3-none-any.whl",
+            "pip/_vendor/urllib3/contrib/_securetransport/low_level.py",
+        ),
+        ("pip-24.0-py3-none-any.whl", "pip/_vendor/platformdirs/windows.py"),
+        ("pip-26.3-py3-none-any.whl", "pip/_vendor/rich/_win32_console.py"),
+    ],
+)
+def test_platform_only_modules_keep_their_module_level_import(name: str, path: str) -> None:
+    source = member(name, path)
+    assert MODULE_LEVEL_IMPORT.search(source) and GLIBC_PROBE not in source
+    assert could_need_change(source)
+    assert transform_source(path, source) == SourceResult(source, (), ())
+    assert find_unguarded(source) == []
+
+
+def test_setuptools_58_windows_support_diff_is_exactly_the_import_guard() -> None:
+    source = member("setuptools-58.1.0-py3-none-any.whl", WINDOWS_SUPPORT)
+    result = transform_source(WINDOWS_SUPPORT, source)
+    expected = source.replace(
+        b"import platform\nimport ctypes\n",
+        b"import platform\ntry:\n    import ctypes\nexcept (ImportError, OSError):\n"
+        b"    ctypes = None\n",
+    ).replace(
+        b'    `path` must be text.\n    """\n',
+        b'    `path` must be text.\n    """\n    if ctypes is None:\n        return None\n',
+    )
+    assert expected.count(b"ctypes is None") == 1
+    assert result.source == expected
+    assert result.applied == ("ctypes-import",)
+    assert find_unguarded(source) == [(2, "ctypes import not guarded against OSError")]
 
 
 def _function_dump(source: bytes, name: str) -> str:
@@ -180,10 +274,13 @@ def test_pip_10_glibc_keeps_crlf_and_guards_module_level_import() -> None:
 # --- behaviour of patched code, with a broken ctypes --------------------------------
 
 
-def _run_module(source: bytes, ctypes_module: Any) -> dict[str, Any]:
+def _run_module(
+    source: bytes, ctypes_module: Any, others: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Execute ``source`` with ``import ctypes`` answered by ``ctypes_module``.
 
-    ``ctypes_module`` may be an exception instance, raised by the import.
+    ``ctypes_module`` may be an exception instance, raised by the import;
+    ``others`` answers imports of further modules.
     """
 
     def fake_import(name: str, *args: Any, **kwargs: Any) -> Any:
@@ -191,6 +288,8 @@ def _run_module(source: bytes, ctypes_module: Any) -> dict[str, Any]:
             if isinstance(ctypes_module, BaseException):
                 raise ctypes_module
             return ctypes_module
+        if others and name in others:
+            return others[name]
         return builtins.__import__(name, *args, **kwargs)
 
     namespace: dict[str, Any] = {
@@ -257,6 +356,50 @@ def test_patched_pip_10_glibc_still_reads_a_working_glibc() -> None:
     assert _run_module(patched, working)["libc_ver"]() == ("glibc", "2.31")
 
 
+SETUPTOOLS_WINDOWS_SUPPORT = ("setuptools-58.1.0-py3-none-any.whl", WINDOWS_SUPPORT)
+
+
+def test_unpatched_setuptools_windows_support_does_not_import_under_static_ctypes() -> None:
+    with pytest.raises(OSError, match="Dynamic loading"):
+        _run_module(member(*SETUPTOOLS_WINDOWS_SUPPORT), OSError("Dynamic loading not supported"))
+
+
+@pytest.mark.parametrize("system", ["Linux", "Windows"])
+@pytest.mark.parametrize(
+    "ctypes_module",
+    [OSError("Dynamic loading not supported"), ImportError("no ctypes")],
+    ids=["import-raises-OSError", "import-raises-ImportError"],
+)
+def test_patched_setuptools_windows_support_imports_and_hide_file_does_nothing(
+    ctypes_module: Any, system: str
+) -> None:
+    patched = transform_source(WINDOWS_SUPPORT, member(*SETUPTOOLS_WINDOWS_SUPPORT)).source
+    fake_platform = types.SimpleNamespace(system=lambda: system)
+    namespace = _run_module(patched, ctypes_module, {"platform": fake_platform})
+    assert namespace["ctypes"] is None
+    assert namespace["hide_file"]("some/path") is None
+
+
+def test_patched_setuptools_windows_support_still_uses_a_working_ctypes() -> None:
+    calls = []
+
+    def set_file_attributes(path: str, attributes: int) -> int:
+        calls.append((path, attributes))
+        return 1
+
+    kernel32 = types.SimpleNamespace(SetFileAttributesW=set_file_attributes)
+    working = types.SimpleNamespace(
+        windll=types.SimpleNamespace(kernel32=kernel32),
+        wintypes=types.SimpleNamespace(LPWSTR=str, DWORD=int, BOOL=int),
+    )
+    patched = transform_source(WINDOWS_SUPPORT, member(*SETUPTOOLS_WINDOWS_SUPPORT)).source
+    fake_platform = types.SimpleNamespace(system=lambda: "Windows")
+    others = {"platform": fake_platform, "ctypes.wintypes": working}
+    namespace = _run_module(patched, working, others)
+    assert namespace["hide_file"]("some/path") is None
+    assert calls == [("some/path", 0x02)]
+
+
 # --- pre-filter and interface ------------------------------------------------------
 
 
@@ -269,9 +412,20 @@ def test_patched_pip_10_glibc_still_reads_a_working_glibc() -> None:
         (b"import ctypes\nctypes.pydll\n", True),
         (b"import ctypes\nf = lib.gnu_get_libc_version\n", True),
         (b"CDLL(None)\n", False),  # no ctypes
-        (b"import ctypes\nctypes.c_int\n", False),
-        (b"import ctypes\nMyCDLL(None)\n", False),  # word boundary
-        (b"import ctypes\nctypes.CDLLx\n", False),
+        (b"def f():\n    import ctypes\n    return ctypes.c_int\n", False),
+        (b"from ctypes import c_int\nMyCDLL(None)\n", False),  # word boundary
+        (b"def f():\n    import ctypes\n    ctypes.CDLLx\n", False),
+        # a module-level ``import ctypes`` line, in any module
+        (b"import ctypes\nctypes.c_int\n", True),
+        (b"import platform\r\nimport ctypes \r\n", True),
+        (b"import ctypes  # noqa: F401\n", True),
+        (b"import ctypes", True),
+        (b"import ctypes as c\n", False),
+        (b"import ctypes.util\n", False),
+        (b"import ctypes, re\n", False),
+        (b"import ctypeslib\n", False),
+        (b"if win:\n    import ctypes\n", False),
+        (b"# import ctypes\n", False),
     ],
 )
 def test_prefilter(data: bytes, expected: bool) -> None:
@@ -390,7 +544,11 @@ def test_recognises_the_call_through_aliases(imports: str, call: str) -> None:
 def test_ignores_other_calls(call: str) -> None:
     source = f"import ctypes\n\n\ndef f(path, args):\n    return {call}\n"
     result = patch(source)
-    assert result == SourceResult(source.encode(), (), ())
+    if "ctypes" in call:  # f reads ctypes and returns a value: ctypes-import keeps out
+        assert result == SourceResult(source.encode(), (), ())
+    else:  # ctypes is never read: ctypes-import guards the import, nothing else changes
+        assert result.applied == ("ctypes-import",) and result.unpatchable == ()
+        assert text(result) == source.replace("import ctypes\n", GUARDED_IMPORT)
 
 
 @pytest.mark.parametrize(
@@ -457,7 +615,9 @@ def test_handlers_else_and_finally_are_not_protected_by_their_try() -> None:
         "    finally:\n"
         "        c = ctypes.CDLL(None)\n"
     )
-    assert len(find_unguarded(source.encode())) == 3
+    unguarded = find_unguarded(source.encode())
+    assert unguarded[0] == (1, "ctypes import not guarded against OSError")  # f returns nothing
+    assert len(unguarded) == 4
     result = patch(source)
     assert text(result).count("except OSError:\n") == 4
     assert find_unguarded(result.source) == []
@@ -523,16 +683,20 @@ def test_statements_in_nested_blocks_and_one_line_suites() -> None:
 def test_methods_and_tab_indentation() -> None:
     source = "import ctypes\n\n\nclass A:\n\tdef m(self):\n\t\tself.lib = ctypes.CDLL(None)\n"
     expected = (
-        "import ctypes\n\n\nclass A:\n\tdef m(self):\n"
+        "try:\n\timport ctypes\nexcept (ImportError, OSError):\n\tctypes = None\n"
+        "\n\nclass A:\n\tdef m(self):\n\t\tif ctypes is None:\n\t\t\treturn None\n"
         "\t\ttry:\n\t\t\tself.lib = ctypes.CDLL(None)\n\t\texcept OSError:\n\t\t\treturn None\n"
     )
-    assert text(patch(source)) == expected
+    result = patch(source)
+    assert text(result) == expected
+    assert result.applied == ("dlopen-self", "ctypes-import")  # m returns nothing
 
 
 def test_crlf_newlines_are_kept() -> None:
     source = b"import ctypes\r\n\r\ndef f():\r\n    # c\r\n    lib = ctypes.CDLL(None)\r\n"
     expected = (
-        b"import ctypes\r\n\r\ndef f():\r\n    # c\r\n    try:\r\n"
+        b"try:\r\n    import ctypes\r\nexcept (ImportError, OSError):\r\n    ctypes = None\r\n"
+        b"\r\ndef f():\r\n    if ctypes is None:\r\n        return None\r\n    # c\r\n    try:\r\n"
         b"        lib = ctypes.CDLL(None)\r\n    except OSError:\r\n        return None\r\n"
     )
     assert patch(source).source == expected
@@ -582,7 +746,8 @@ UNPATCHABLE = [
 
 @pytest.mark.parametrize(("body", "line", "reason"), UNPATCHABLE)
 def test_unpatchable_shapes_are_reported_and_left_alone(body: str, line: int, reason: str) -> None:
-    source = f"import ctypes\n\n{body}"
+    # Read at import time, so ctypes-import keeps out (see the test below).
+    source = f"import ctypes\nc_int = ctypes.c_int\n{body}"
     result = patch(source, "mod.py")
     assert result.source == source.encode()
     assert result.applied == ()
@@ -592,6 +757,21 @@ def test_unpatchable_shapes_are_reported_and_left_alone(body: str, line: int, re
     assert find_unguarded(source.encode()) == [
         (line, "ctypes.CDLL(None) not guarded against OSError")
     ]
+
+
+def test_ctypes_import_still_guards_the_import_where_dlopen_self_cannot() -> None:
+    source = "import ctypes\n\n\ndef f():\n    if ctypes.CDLL(None):\n        pass\n"
+    result = patch(source)
+    assert result.applied == ("ctypes-import",)
+    assert result.unpatchable == (
+        Unpatchable(
+            "t.py", 5, "ctypes.CDLL(None) in the test of an if statement: cannot guard safely"
+        ),
+    )
+    assert text(result) == (
+        GUARDED_IMPORT + "\n\ndef f():\n    if ctypes is None:\n        return None\n"
+        "    if ctypes.CDLL(None):\n        pass\n"
+    )
 
 
 def test_one_unpatchable_call_leaves_the_whole_file_to_the_user() -> None:
@@ -830,7 +1010,7 @@ def test_unpatchable_lines_refer_to_the_input_even_after_another_codemod_ran() -
     ]
 
 
-def test_ctypes_import_only_touches_glibc_detection_modules() -> None:
+def test_imports_in_functions_are_only_touched_in_glibc_detection_modules() -> None:
     source = "def f():\n    import ctypes\n    return ctypes.CDLL('x')\n"
     assert patch(source) == SourceResult(source.encode(), (), ())
     assert text(patch(source + "# gnu_get_libc_version\n")).startswith(
@@ -849,6 +1029,180 @@ def test_imports_already_protected_against_oserror_are_left_alone() -> None:
         "        return None\n"
     )
     assert patch(source) == SourceResult(source.encode(), (), ())
+
+
+# --- ctypes-import: a module-level import ctypes in any module --------------------
+
+
+def test_module_level_import_in_any_module_binds_none_and_procedures_check_it() -> None:
+    source = (
+        "import platform\n"
+        "import ctypes\n"
+        "\n"
+        "\n"
+        "def windows_only(func):\n"
+        "    if platform.system() != 'Windows':\n"
+        "        return lambda *args, **kwargs: None\n"
+        "    return func\n"
+        "\n"
+        "\n"
+        "@windows_only\n"
+        "def hide_file(path):\n"
+        '    """\n'
+        "    Set the hidden attribute on a file or directory.\n"
+        '    """\n'
+        "    __import__('ctypes.wintypes')\n"
+        "    SetFileAttributes = ctypes.windll.kernel32.SetFileAttributesW\n"
+        "    ret = SetFileAttributes(path, 0x02)\n"
+        "    if not ret:\n"
+        "        raise ctypes.WinError()\n"
+        "\n"
+        "\n"
+        "class Console:\n"
+        "    def beep(self): ctypes.windll.user32.MessageBeep(0)\n"
+        "\n"
+        "    def clear(self, handles):\n"
+        "        def one(handle):\n"
+        "            ctypes.windll.kernel32.CloseHandle(handle)\n"
+        "        for handle in handles:\n"
+        "            if not handle:\n"
+        "                return None\n"
+        "            [one(h) for h in [handle] if ctypes.windll]\n"
+        "        return\n"
+    )
+    expected = (
+        "import platform\n"
+        "try:\n"
+        "    import ctypes\n"
+        "except (ImportError, OSError):\n"
+        "    ctypes = None\n"
+        "\n"
+        "\n"
+        "def windows_only(func):\n"
+        "    if platform.system() != 'Windows':\n"
+        "        return lambda *args, **kwargs: None\n"
+        "    return func\n"
+        "\n"
+        "\n"
+        "@windows_only\n"
+        "def hide_file(path):\n"
+        '    """\n'
+        "    Set the hidden attribute on a file or directory.\n"
+        '    """\n'
+        "    if ctypes is None:\n"
+        "        return None\n"
+        "    __import__('ctypes.wintypes')\n"
+        "    SetFileAttributes = ctypes.windll.kernel32.SetFileAttributesW\n"
+        "    ret = SetFileAttributes(path, 0x02)\n"
+        "    if not ret:\n"
+        "        raise ctypes.WinError()\n"
+        "\n"
+        "\n"
+        "class Console:\n"
+        "    def beep(self):\n"
+        "        if ctypes is None:\n"
+        "            return None\n"
+        "        ctypes.windll.user32.MessageBeep(0)\n"
+        "\n"
+        "    def clear(self, handles):\n"
+        "        if ctypes is None:\n"
+        "            return None\n"
+        "        def one(handle):\n"
+        "            if ctypes is None:\n"
+        "                return None\n"
+        "            ctypes.windll.kernel32.CloseHandle(handle)\n"
+        "        for handle in handles:\n"
+        "            if not handle:\n"
+        "                return None\n"
+        "            [one(h) for h in [handle] if ctypes.windll]\n"
+        "        return\n"
+    )
+    assert find_unguarded(source.encode()) == [(2, "ctypes import not guarded against OSError")]
+    result = patch(source, "setuptools/windows_support.py")
+    assert text(result) == expected
+    assert result.applied == ("ctypes-import",)
+    assert result.unpatchable == ()
+    assert find_unguarded(result.source) == []
+    namespace = _run_module(result.source, OSError("Dynamic loading not supported"))
+    assert namespace["Console"]().clear([1]) is None
+
+
+def test_module_level_import_keeps_its_comments() -> None:
+    source = "# Windows only.\nimport ctypes  # noqa: F401\n\n\ndef f():\n    ctypes.x()\n"
+    expected = (
+        "# Windows only.\ntry:\n    import ctypes  # noqa: F401\n"
+        "except (ImportError, OSError):\n    ctypes = None\n"
+        "\n\ndef f():\n    if ctypes is None:\n        return None\n    ctypes.x()\n"
+    )
+    assert text(patch(source)) == expected
+
+
+# Each makes the module need ctypes at import time (then guarding the import
+# would not help), or makes ``return None`` a guess about a function's result.
+NEEDS_CTYPES = [
+    pytest.param("c_int = ctypes.c_int\n", id="module-level-read"),
+    pytest.param("if True:\n    print(ctypes)\n", id="module-level-read-in-if"),
+    pytest.param("names = [ctypes.c_int for _ in 'a']\n", id="module-level-comprehension"),
+    pytest.param("class A:\n    t = ctypes.c_int\n", id="class-body"),
+    pytest.param("@register(ctypes)\ndef g():\n    pass\n", id="decorator"),
+    pytest.param("def g(t=ctypes.c_int):\n    pass\n", id="default-argument"),
+    pytest.param("def g(t: ctypes.c_int):\n    pass\n", id="annotation"),
+    pytest.param("g = lambda: ctypes.c_int\n", id="module-level-lambda"),
+    pytest.param("def g():\n    h = lambda: ctypes.c_int\n", id="lambda-in-function"),
+    pytest.param("def g():\n    class B:\n        t = ctypes.c_int\n", id="class-in-function"),
+    pytest.param("def g():\n    return ctypes.sizeof(ctypes.c_int)\n", id="returns-a-value"),
+    pytest.param("def g():\n    if ctypes.windll:\n        return 1\n", id="returns-a-value-2"),
+    pytest.param("def g():\n    yield ctypes.c_int\n", id="generator"),
+    pytest.param("from ctypes import wintypes\n", id="other-ctypes-import"),
+    pytest.param("import ctypes.wintypes\n", id="binds-the-name-again"),
+    pytest.param("import ctypes\n", id="imported-twice"),
+    pytest.param("class A:\n    import ctypes.util\n", id="import-in-class-body"),
+    pytest.param("def g():\n    global ctypes\n    ctypes = None\n", id="global-rebinding"),
+    pytest.param("del ctypes\n", id="deleted"),
+]
+
+
+@pytest.mark.parametrize("shape", NEEDS_CTYPES)
+def test_module_level_import_left_alone_where_ctypes_is_needed(shape: str) -> None:
+    source = f"import ctypes\n\n\ndef procedure():\n    ctypes.windll.x()\n\n\n{shape}"
+    assert could_need_change(source.encode())
+    assert patch(source) == SourceResult(source.encode(), (), ())  # not unpatchable either
+    assert find_unguarded(source.encode()) == []
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "import ctypes as c\n",
+        "import ctypes, re\n",
+        "import ctypes; x = 1\n",
+        "try:\n    import ctypes\nexcept ImportError:\n    ctypes = None\n",
+        "if sys.platform == 'win32':\n    import ctypes\n",
+    ],
+)
+def test_other_import_shapes_are_out_of_scope_outside_glibc_detection(header: str) -> None:
+    source = f"import sys\n{header}\n\ndef procedure():\n    ctypes.windll.x()\n"
+    assert patch(source) == SourceResult(source.encode(), (), ())
+    assert find_unguarded(source.encode()) == []
+
+
+def test_protected_or_function_level_ctypes_imports_do_not_keep_the_rule_out() -> None:
+    source = (
+        "import ctypes\n"
+        "try:\n    from ctypes import wintypes\nexcept OSError:\n    wintypes = None\n"
+        "\n\ndef f():\n    ctypes.x()\n"
+        "\n\ndef g():\n    import ctypes.util  # binds g's own ctypes\n"
+        "    return ctypes.util.find_library('c')\n"
+    )
+    result = patch(source)
+    assert text(result) == (
+        GUARDED_IMPORT
+        + "try:\n    from ctypes import wintypes\nexcept OSError:\n    wintypes = None\n"
+        "\n\ndef f():\n    if ctypes is None:\n        return None\n    ctypes.x()\n"
+        "\n\ndef g():\n    import ctypes.util  # binds g's own ctypes\n"
+        "    return ctypes.util.find_library('c')\n"
+    )
+    assert find_unguarded(result.source) == []
 
 
 # --- property: random nesting of blocks, comments and dlopen(NULL) calls ------------
@@ -887,11 +1241,14 @@ def _block(draw: st.DrawFn, depth: int = 1) -> list[str]:
 @given(_block())
 def test_any_nesting_of_blocks_ends_up_guarded(body: list[str]) -> None:
     source = "import ctypes\n\n\ndef f(items):\n" + "\n".join(body) + "\n"
-    unguarded = find_unguarded(source.encode())
+    # f returns nothing: ctypes-import guards the module-level import as well.
+    import_line, *unguarded = find_unguarded(source.encode())
+    assert import_line == (1, "ctypes import not guarded against OSError")
     result = patch(source)
     assert result.unpatchable == ()
     assert find_unguarded(result.source) == []
+    assert text(result).startswith(GUARDED_IMPORT)
     assert text(result).count(_CALL) == source.count(_CALL)
     guards = text(result).count("except OSError:") - source.count("except OSError:")
     assert guards == len(unguarded)
-    assert result.changed is bool(unguarded)
+    assert result.applied == ("dlopen-self",) * bool(unguarded) + ("ctypes-import",)

@@ -26,27 +26,42 @@ EXIT_CODES_HELP = """exit codes:
 """
 
 
-def _wheel_line(wheel: WheelReport, verbose: bool) -> str:
-    line = f"{wheel.distribution} {wheel.version}: {wheel.action}"
+def _wheel_line(wheel: WheelReport, verbose: bool, kind: str) -> str:
+    line = f"{wheel.distribution} {wheel.version} ({kind}): {wheel.action}"
     if wheel.action in ("would patch", "patched", "not written", "written"):
-        line += f" [{wheel.state}: {wheel.reason}]"
+        line += f" [{wheel.reason}]"
     elif wheel.action in ("already patched", "nothing to do"):
         line += f" [{wheel.reason}]"
     if verbose:
-        line += f"\n    {wheel.path}  sha256={wheel.sha256}"
+        line += f"\n    {wheel.path}\n    sha256 {wheel.sha256}"
         if wheel.backup:
-            line += f"\n    backup: {wheel.backup}"
+            line += f"\n    backup {wheel.backup}"
         if wheel.output and wheel.output != wheel.path:
-            line += f"\n    output: {wheel.output}"
+            line += f"\n    output {wheel.output}"
+    return line
+
+
+def _install_line(install: dict[str, object], verbose: bool) -> str:
+    line = f"{install['distribution']} {install['version']} (installed): {install['action']}"
+    if install.get("source") and install["action"] != "already patched":
+        line += f" [from {install['source']}]"
+    if verbose:
+        line += f"\n    {install['site_dir']}"
+        for key in ("scheme", "scripts", "bytecode"):
+            if install.get(key):
+                line += f"\n    {key}: {install[key]}"
     return line
 
 
 def _summary(report: RunReport) -> str:
-    actions = [w.action for w in report.wheels]
+    actions = [w.action for w in report.wheels] + [str(i["action"]) for i in report.installs]
     if not actions:
-        return "no ensurepip wheels found"
+        return "no ensurepip wheels or installed pip found"
     counts = {a: actions.count(a) for a in dict.fromkeys(actions)}
-    return ", ".join(f"{n} {a}" for a, n in counts.items())
+    summary = ", ".join(f"{n} {a}" for a, n in counts.items())
+    if report.command == "check" and report.exit_code == 1:
+        summary += f"; run: pipfix apply {' '.join(report.targets)}"
+    return summary
 
 
 def _render(report: RunReport, args: argparse.Namespace) -> None:
@@ -55,16 +70,11 @@ def _render(report: RunReport, args: argparse.Namespace) -> None:
         return
     if args.quiet:
         return
+    kind = "wheel" if report.command == "patch-wheel" else "ensurepip wheel"
     for wheel in report.wheels:
-        print(_wheel_line(wheel, args.verbose))
+        print(_wheel_line(wheel, args.verbose, kind))
     for install in report.installs:
-        line = f"installed {install['distribution']} {install['version']}: {install['action']}"
-        details = [install[k] for k in ("source", "scripts", "bytecode") if install.get(k)]
-        if details and args.verbose:
-            line += "\n    " + "\n    ".join(details)
-        if args.verbose and install.get("scheme"):
-            line += f"\n    scheme: {install['scheme']}"
-        print(line)
+        print(_install_line(install, args.verbose))
     print(_summary(report))
 
 

@@ -17,17 +17,21 @@ part are filled with ``DT_NULL``. This is safe because:
 * the loader reads the dynamic array only up to its first ``DT_NULL``, so
   trailing ``DT_NULL`` slots are invisible; the array keeps its size and
   address, so no segment, section, or offset in the file moves;
-* the dynamic array holds only tags and values (addresses, sizes, string
-  offsets), never pointers into itself, so reordering the surviving entries
-  by shifting keeps every one of them valid;
+* the dynamic array holds tags and values (addresses, sizes, string offsets)
+  that do not depend on where in the array they sit, so shifting the
+  surviving entries keeps every one of them valid; the one exception,
+  MIPS's ``DT_MIPS_RLD_MAP_REL`` (relative to its own slot), makes the
+  rewrite refuse when that entry would move;
 * the string table is left untouched: the library name stays in ``.dynstr``
   unreferenced, exactly as patchelf leaves it, so every other string offset
   (symbol names, version names, RPATH) stays valid;
 * symbol lookup does not depend on the dropped entry: an extension module's
   ``Py*`` references bind to whatever object in the global scope defines
   them, and the python executable exports those symbols itself when libpython
-  is linked into it (``-Xlinker -export-dynamic``), or through the already
-  loaded ``libpython3.X.so`` when it is not.
+  is linked into it (CPython links it with ``-Xlinker -export-dynamic``), or
+  through the already loaded ``libpython3.X.so`` when it is not. This is how
+  every manylinux/musllinux wheel works: their policy forbids linking
+  extension modules against libpython at all.
 
 The rewrite refuses (``ElfError``) when the library is also named in the
 version needs (removing it would leave a dangling ``.gnu.version_r`` entry the
@@ -56,6 +60,7 @@ SHT_DYNAMIC = 6
 DT_NULL, DT_NEEDED, DT_STRTAB, DT_STRSZ = 0, 1, 5, 10
 DT_SONAME, DT_RPATH, DT_RUNPATH = 14, 15, 29
 DT_VERNEED, DT_VERNEEDNUM = 0x6FFFFFFE, 0x6FFFFFFF
+DT_MIPS_RLD_MAP_REL = 0x70000035  # relative to the address of its own entry
 PN_XNUM = 0xFFFF
 
 # e_machine -> name; "arch" below maps to the names pip's tags use.
@@ -216,8 +221,10 @@ def parse(data: Buffer) -> ElfFile:
     bits = 64 if elf_class == ELFCLASS64 else 32
     reader = _Reader(data, bits, encoding == ELFDATA2LSB)
     header_fmt, ph_fmt, sh_fmt, _ = _formats(bits)
-    (e_type, e_machine, _version, _entry, phoff, shoff, _flags, _ehsize,
+    (e_type, e_machine, _version, _entry, phoff, shoff, _flags, ehsize,
      phentsize, phnum, shentsize, shnum, shstrndx) = reader.unpack(header_fmt, 16, "ELF header")
+    if ehsize != 16 + struct.calcsize("<" + header_fmt):
+        raise ElfError(f"ELF header size {ehsize} does not match ELF{bits} (wrong class?)")
     segments = _segments(reader, ph_fmt, phoff, phentsize, phnum)
     sections, section_problem = _sections(reader, sh_fmt, shoff, shentsize, shnum, shstrndx)
     interpreter = None
@@ -421,9 +428,13 @@ def remove_needed(data: bytes, soname: str) -> bytes:
         )
     names = iter(dynamic.needed)  # one name per DT_NEEDED entry, in order
     kept = []
+    removed = 0
     for tag, value in dynamic.entries:
         if tag == DT_NEEDED and next(names) == soname:
+            removed += 1
             continue
+        if tag == DT_MIPS_RLD_MAP_REL and removed and elf.machine == 8:
+            raise ElfError("refusing to rewrite: DT_MIPS_RLD_MAP_REL would move")
         kept.append((tag, value))
     used = len(dynamic.entries)
     fmt = ("<" if elf.little_endian else ">") + _formats(elf.bits)[3]

@@ -34,6 +34,7 @@ from .installed import (
     InstalledDistribution,
     find_installed,
     is_bytecode,
+    patch_candidate,
     rebuild_wheel,
     verify_installed,
 )
@@ -280,12 +281,19 @@ def _stage(
 
     operations: list[swap.Operation] = []
     new_finals = set(kept_caches)
+    recorded = {dist.absolute(p): e for p, e in dist.records.items()} if dist is not None else {}
     for staged_file in staged:
         final = _final_path(stage_root, staged_file)
         new_finals.add(final)
-        if final.is_file() and final.read_bytes() == staged_file.read_bytes():
-            staged_file.unlink()
-            continue
+        if final.is_file():
+            current, new = final.read_bytes(), staged_file.read_bytes()
+            if current == new or _locally_modified_and_untouched(recorded.get(final), current, new):
+                staged_file.unlink()
+                continue
+            entry = recorded.get(final)
+            if entry is not None and entry.hash_ is not None and not entry.validate(current):
+                raise PipfixError(final, "changed since it was installed (RECORD differs); "
+                                  "refusing to overwrite it")
         operations.append(swap.Operation("replace", final, staged_file))
     old_files = set(dist.files()) if dist is not None else set()
     for path in sorted((old_files | set(stale_caches)) - new_finals):
@@ -295,6 +303,15 @@ def _stage(
         os.path.relpath(o.path, target_scheme.purelib) for o in operations if o.path.suffix == ".py"
     )
     return _Staged(operations, changed, bytecode), script_style
+
+
+def _locally_modified_and_untouched(
+    entry: RecordEntry | None, current: bytes, new: bytes
+) -> bool:
+    """A file changed after installation that the patch does not change: keep it."""
+    if entry is None or entry.hash_ is None or entry.validate(current):
+        return False
+    return entry.validate(new)
 
 
 def _swap_in(
@@ -340,6 +357,15 @@ def _patched_wheel_for(
     return "its installed files", filename, None, plan.state.value
 
 
+def preflight(installation: Installation) -> None:
+    """Refuse before anything is written if an installed pip/setuptools does not verify."""
+    for computed in schemes.computed_schemes(installation):
+        for site in computed.site_dirs:
+            for dist in find_installed(site):
+                if dist.provenance is None:
+                    verify_installed(dist, only=patch_candidate)
+
+
 def reinstall(
     installation: Installation,
     patched: Mapping[WheelKey, tuple[str, bytes]],
@@ -351,33 +377,41 @@ def reinstall(
     if not options.dry_run and installation.state_dir.is_dir():
         swap.complete(installation.state_dir)
     for computed in schemes.computed_schemes(installation):
-        target_scheme = schemes.confirm(computed)
-        runs = target_scheme.source != schemes.COMPUTED
-        dists = [d for site in target_scheme.site_dirs for d in find_installed(site)]
+        confirmed = _LazyScheme(computed)
+        dists = [d for site in computed.site_dirs for d in find_installed(site)]
         for dist in dists:
-            reports.append(_reinstall_one(installation, target_scheme, dist, patched, options, runs))
+            reports.append(_reinstall_one(installation, confirmed, dist, patched, options))
         if options.ensurepip and not any(canonicalize_name(d.name) == "pip" for d in dists):
             for wheel_name, data in bundled.get(computed.version, []):
-                reports.append(
-                    _install_new(installation, target_scheme, wheel_name, data, options, runs)
-                )
+                reports.append(_install_new(installation, confirmed, wheel_name, data, options))
     return reports
+
+
+class _LazyScheme:
+    """The target is run (to confirm its scheme) only when something must be installed."""
+
+    def __init__(self, computed: schemes.InstallScheme) -> None:
+        self.computed = computed
+        self._confirmed: schemes.InstallScheme | None = None
+
+    def get(self) -> tuple[schemes.InstallScheme, bool]:
+        if self._confirmed is None:
+            self._confirmed = schemes.confirm(self.computed)
+        return self._confirmed, self._confirmed.source != schemes.COMPUTED
 
 
 def _reinstall_one(
     installation: Installation,
-    target_scheme: schemes.InstallScheme,
+    lazy_scheme: _LazyScheme,
     dist: InstalledDistribution,
     patched: Mapping[WheelKey, tuple[str, bytes]],
     options: InstallOptions,
-    runs: bool,
 ) -> InstallReport:
-    base = dict(distribution=dist.name, version=dist.version, site_dir=str(dist.site_dir),
-                scheme=target_scheme.source)
+    base = dict(distribution=dist.name, version=dist.version, site_dir=str(dist.site_dir))
     existing = dist.provenance
     if existing is not None and options.relocatable is None:
         return InstallReport(**base, action="already patched")  # type: ignore[arg-type]
-    verify_installed(dist)
+    verify_installed(dist, only=patch_candidate)
     source, wheel_name, data, state = _patched_wheel_for(dist, patched)
     if data is None:
         if existing is None:
@@ -386,6 +420,8 @@ def _reinstall_one(
         wheel_name, source = filename, "its installed (already patched) files"
     if options.dry_run:
         return InstallReport(**base, action="would reinstall", source=source)  # type: ignore[arg-type]
+    target_scheme, runs = lazy_scheme.get()
+    base["scheme"] = target_scheme.source
     changed, scripts, bytecode = _swap_in(
         installation, target_scheme, wheel_name, data, dist, options, runs
     )
@@ -396,17 +432,18 @@ def _reinstall_one(
 
 def _install_new(
     installation: Installation,
-    target_scheme: schemes.InstallScheme,
+    lazy_scheme: _LazyScheme,
     wheel_name: str,
     data: bytes,
     options: InstallOptions,
-    runs: bool,
 ) -> InstallReport:
     name, version = wheel_name.split("-")[:2]
-    base = dict(distribution=name, version=version, site_dir=str(target_scheme.purelib),
-                scheme=target_scheme.source, source="the patched ensurepip wheel")
+    base = dict(distribution=name, version=version, site_dir=str(lazy_scheme.computed.purelib),
+                source="the patched ensurepip wheel")
     if options.dry_run:
         return InstallReport(**base, action="would install")  # type: ignore[arg-type]
+    target_scheme, runs = lazy_scheme.get()
+    base["scheme"] = target_scheme.source
     _, scripts, bytecode = _swap_in(installation, target_scheme, wheel_name, data, None, options, runs)
     return InstallReport(**base, action="installed (ensurepip)", scripts=scripts,  # type: ignore[arg-type]
                          bytecode=bytecode)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,18 +85,38 @@ def is_bytecode(record_path: str) -> bool:
     return "__pycache__/" in record_path or record_path.endswith((".pyc", ".pyo"))
 
 
-def verify_installed(dist: InstalledDistribution) -> None:
-    """Every hashed file still matches RECORD (bytecode caches excepted)."""
+def verify_installed(
+    dist: InstalledDistribution, only: Callable[[str, bytes], bool] | None = None
+) -> None:
+    """Installed files still match RECORD (bytecode caches excepted).
+
+    With ``only``, just the files it selects are checked: the ones pipfix
+    would replace. A file an administrator changed on purpose (a CA bundle,
+    say) and that pipfix leaves alone is not pipfix's to judge.
+    """
     for path, entry in dist.records.items():
         if entry.hash_ is None or is_bytecode(path):
             continue
+        if only is not None:
+            absolute = dist.absolute(path)
+            if not absolute.is_file() or not only(path, absolute.read_bytes()):
+                continue
         absolute = dist.absolute(path)
         try:
             data = absolute.read_bytes()
         except OSError as exc:
             raise PipfixError(absolute, f"listed in RECORD but unreadable: {exc.strerror}") from None
         if not entry.validate(data):
-            raise PipfixError(absolute, "does not match its installed RECORD; refusing to patch")
+            raise PipfixError(
+                absolute, "changed since it was installed (RECORD differs); refusing to patch it"
+            )
+
+
+def patch_candidate(path: str, data: bytes) -> bool:
+    """A module the codemods could change (the byte pre-filter, no libcst)."""
+    from .codemods import could_need_change
+
+    return path.endswith(".py") and could_need_change(data)
 
 
 def _wheel_tag(dist: InstalledDistribution) -> str:

@@ -37,7 +37,7 @@ from . import elf
 from .store import STATE_DIRNAME
 
 LIBPYTHON = re.compile(r"^libpython3(?:\.\d+)?[a-z]*\.so(?:\.\d+)*$")
-_SHARED_OBJECT = re.compile(r"\.so(?:\.\d+)*$")
+SHARED_OBJECT = re.compile(r"\.so(?:\.\d+)*$")
 _MULTIARCH = {
     "x86_64": "x86_64-linux-gnu", "i686": "i386-linux-gnu", "aarch64": "aarch64-linux-gnu",
     "armv7l": "arm-linux-gnueabihf", "ppc64le": "powerpc64le-linux-gnu",
@@ -277,7 +277,7 @@ def shared_objects(root: Path) -> Iterator[Path]:
         subdirs[:] = sorted(d for d in subdirs if d not in (STATE_DIRNAME, "__pycache__"))
         for name in sorted(files):
             path = Path(directory) / name
-            if _SHARED_OBJECT.search(name) and not path.is_symlink() and path.is_file():
+            if SHARED_OBJECT.search(name) and not path.is_symlink() and path.is_file():
                 yield path
 
 

@@ -179,11 +179,16 @@ def apply(
             installs=report.installs,
         )
     options = install.InstallOptions(relocatable=relocatable, ensurepip=ensurepip)
+    # Verify everything before taking the lock: bad input must not change a byte.
+    planned = {plan.wheel.path: plan for plan in map(patcher.plan, _wheel_paths(installations))}
+    if reinstall:
+        for installation in installations:
+            install.preflight(installation)
     with _locked(i.state_dir for i in installations):
         for installation in installations:
             if installation.state_dir.is_dir():
                 swap.complete(installation.state_dir)
-        plans = [patcher.plan(path) for path in _wheel_paths(installations)]
+        plans = [_still_valid(planned.get(path), path) for path in _wheel_paths(installations)]
         reports = []
         for plan in plans:
             store.remove_stale_staging(store.state_dir_for(plan.wheel.path))
@@ -204,6 +209,13 @@ def apply(
         _exit_code(plans, applied=True),
         installs=tuple(r.to_json() for r in installs),
     )
+
+
+def _still_valid(plan: WheelPlan | None, path: Path) -> WheelPlan:
+    """The plan made before the lock, unless the file changed in between."""
+    if plan is not None and store.sha256_file(path) == plan.wheel.sha256:
+        return plan
+    return patcher.plan(path)
 
 
 def _dry_exit(report: RunReport) -> int:
@@ -254,7 +266,9 @@ def _restore_one(path: Path) -> WheelReport:
     backup = store.backup_path_for(path)
     plan = patcher.plan(path)
     if plan.state is not WheelState.PATCHED:
-        if backup.exists() and store.sha256_file(backup) == plan.wheel.sha256:
+        if backup.exists():
+            if store.sha256_file(backup) != plan.wheel.sha256:
+                raise PipfixError(path, "is neither pipfix's output nor the original; not touching it")
             backup.unlink()  # a restore interrupted after its rename
             store.clean_state_dir(backup.parent)
         return _report(plan, "already original")

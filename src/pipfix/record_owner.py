@@ -60,8 +60,15 @@ class Owner:
         except (OSError, UnicodeDecodeError, record.RecordError) as exc:
             raise PipfixError(candidate, f"written RECORD does not parse: {exc}") from None
         entry = entries.get(self.row_path)
-        if entry is None or not entry.validate(data):
+        if entry is None or not matches(entry, data):
             raise PipfixError(candidate, f"written RECORD does not describe {self.row_path}")
+
+
+def matches(entry: RecordEntry, data: bytes) -> bool:
+    """Does the RECORD row describe ``data`` (hash and size, where given)?"""
+    if entry.size is not None and entry.size != len(data):
+        return False
+    return entry.hash_ is None or entry.hash_.validate(data)
 
 
 def _row_paths(record_file: Path) -> list[str]:

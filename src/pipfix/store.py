@@ -158,8 +158,6 @@ def target_lock(lock_dir: Path, timeout: float = 60.0) -> Iterator[None]:
     try:
         _acquire(fd, lock_file, timeout)
         remove_stale_staging(lock_dir)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         os.close(fd)  # closing releases the lock

@@ -1,15 +1,30 @@
-"""Codemod ``ctypes-import``: a ctypes import that raises OSError means "no glibc".
+"""Codemod ``ctypes-import``: ctypes imports must not raise OSError.
 
 ``ctypes/__init__.py`` itself calls ``dlopen(NULL)`` (``pythonapi = PyDLL(None)``),
 so on a statically linked interpreter ``import ctypes`` raises OSError, not
-ImportError.  Only glibc-detection modules (they mention
-``gnu_get_libc_version``) are touched:
+ImportError.  In glibc-detection modules (they mention ``gnu_get_libc_version``)
+every ctypes import is in scope, and a failed import means "no glibc":
 
 1. ``try: import ctypes / except ImportError:`` also catches OSError;
 2. an unguarded import in a function becomes
    ``try: ... except (ImportError, OSError): return None``;
 3. an unguarded module-level import binds ``ctypes = None`` on failure, and
    every function reading the name starts with ``if ctypes is None: return None``.
+
+In any other module only one shape is in scope, so that importing the module
+does not fail (setuptools' ``windows_support``, imported by ``setuptools.dist``
+on every platform, pypa/setuptools#2234):
+
+4. a plain, unguarded ``import ctypes`` statement of the module body gets rule 3,
+   provided that afterwards nothing at import time needs ctypes and no function
+   changes what it can return.  The module is left as it is (it is not
+   unpatchable) if ``ctypes`` is read outside function bodies (module level,
+   class bodies, decorators, default arguments, lambdas), if another ctypes
+   import would still run unguarded at import time, if the name is bound
+   anywhere else, or if a function reading it returns a value or yields: there
+   ``return None`` would be a guess.  Such modules (urllib3's SecureTransport,
+   truststore's macOS and platformdirs' Windows backends) only import on
+   platforms where ctypes works.
 """
 
 from __future__ import annotations
@@ -17,7 +32,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import libcst as cst
-from libcst.metadata import ComprehensionScope, FunctionScope, MetadataWrapper, ScopeProvider
+from libcst.metadata import (
+    ComprehensionScope,
+    FunctionScope,
+    GlobalScope,
+    MetadataWrapper,
+    ScopeProvider,
+)
 
 from .helpers import (
     IMPORTERROR_CATCHERS,
@@ -30,6 +51,7 @@ from .helpers import (
     add_oserror,
     as_line,
     assign_none,
+    dotted_name,
     enclosing_tries,
     guard,
     handler_catches,
@@ -43,13 +65,13 @@ from .helpers import (
     try_catches,
 )
 from .model import CodemodInfo
-from .prefilter import is_glibc_detection_module
+from .prefilter import has_module_level_ctypes_import, is_glibc_detection_module
 
 INFO = CodemodInfo(
     id="ctypes-import",
     why="import ctypes raises OSError (not ImportError) where dlopen(NULL) fails; "
-    "glibc detection treats that as no glibc",
-    upstream=("pypa/pip#6543",),
+    "glibc detection treats that as no glibc, other modules still import",
+    upstream=("pypa/pip#6543", "pypa/setuptools#2234", "pypa/setuptools#3178"),
 )
 
 _CATCH = ("ImportError", "OSError")
@@ -62,8 +84,8 @@ _Problems = list[tuple[cst.CSTNode, str]]
 
 
 def applies_to(source: bytes) -> bool:
-    """Only glibc-detection modules: elsewhere a broken ctypes may well be an error."""
-    return is_glibc_detection_module(source)
+    """Glibc-detection modules, and modules with a module-level ``import ctypes`` line."""
+    return is_glibc_detection_module(source) or has_module_level_ctypes_import(source)
 
 
 class _Finder(AncestorVisitor):
@@ -123,11 +145,18 @@ def _module_level(
     problems.append((node, f"{why}: cannot guard safely"))
 
 
-def _readers(module: cst.Module, plan: _Plan, problems: _Problems) -> None:
-    """Rule 3, second half: every function reading a name that may now be None checks it."""
-    scopes = MetadataWrapper(module, unsafe_skip_copy=True).resolve(ScopeProvider)
-    global_scope = scopes[module]
-    assert global_scope is not None
+def _global_scope(module: cst.Module) -> GlobalScope:
+    scope = MetadataWrapper(module, unsafe_skip_copy=True).resolve(ScopeProvider)[module]
+    assert isinstance(scope, GlobalScope)
+    return scope
+
+
+def _readers(global_scope: GlobalScope, plan: _Plan) -> _Problems:
+    """Rule 3, second half: every function reading a name that may now be None checks it.
+
+    Returns the reads that are not in a function body, which no check can cover.
+    """
+    outside: _Problems = []
     for statement, names in plan.none_on_failure.items():
         import_node = statement.body[0]
         for name in names:
@@ -143,7 +172,8 @@ def _readers(module: cst.Module, plan: _Plan, problems: _Problems) -> None:
                     else:
                         where = _WHERE.get(type(scope).__name__, "outside a function")
                         reason = f"{name!r} is read {where}: cannot guard its import safely"
-                        problems.append((access.node, reason))
+                        outside.append((access.node, reason))
+    return outside
 
 
 def _is_docstring(statement: cst.BaseStatement) -> bool:
@@ -233,8 +263,15 @@ def _first_importerror_handler(tries: Sequence[cst.Try | cst.TryStar]) -> Handle
     return None
 
 
-def run(module: cst.Module) -> Outcome:
-    """Make every ctypes import of a glibc-detection module survive OSError."""
+def run(module: cst.Module, source: bytes) -> Outcome:
+    """Make the ctypes imports in scope survive OSError (``source``: the bytes parsed)."""
+    if is_glibc_detection_module(source):
+        return _run_glibc(module)
+    return _run_anywhere(module)
+
+
+def _run_glibc(module: cst.Module) -> Outcome:
+    """Rules 1-3: every ctypes import of a glibc-detection module, or report why not."""
     finder = _Finder()
     module.visit(finder)
     plan = _Plan()
@@ -255,5 +292,75 @@ def run(module: cst.Module) -> Outcome:
         else:
             _module_level(site, node, plan, problems)
     if plan.none_on_failure and not problems:
-        _readers(module, plan, problems)
+        problems.extend(_readers(_global_scope(module), plan))
     return outcome(module, _Apply(plan) if plan else None, problems)
+
+
+def _is_plain_module_level_import(
+    node: cst.Import | cst.ImportFrom, ancestors: Sequence[cst.CSTNode]
+) -> bool:
+    """``import ctypes`` alone on a line of the module body (no alias, no other name)."""
+    if not isinstance(node, cst.Import) or len(node.names) != 1:
+        return False
+    [alias] = node.names
+    if alias.asname is not None or dotted_name(alias.name) != "ctypes":
+        return False
+    if len(ancestors) != 2 or not isinstance(ancestors[0], cst.Module):
+        return False
+    line = ancestors[1]
+    return isinstance(line, cst.SimpleStatementLine) and len(line.body) == 1
+
+
+class _ValueReturn(cst.CSTVisitor):
+    """Finds ``return <value>`` or ``yield`` in a function body, not in nested scopes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found = False
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if self.found or isinstance(node, (cst.FunctionDef, cst.Lambda, cst.ClassDef)):
+            return False
+        if isinstance(node, cst.Yield):
+            self.found = True
+        elif isinstance(node, cst.Return) and node.value is not None:
+            value = node.value
+            self.found = not (isinstance(value, cst.Name) and value.value == "None")
+        return not self.found
+
+
+def _returns_value(function: cst.FunctionDef) -> bool:
+    finder = _ValueReturn()
+    function.body.visit(finder)
+    return finder.found
+
+
+def _run_anywhere(module: cst.Module) -> Outcome:
+    """Rule 4: a plain module-level ``import ctypes`` whose name only functions read."""
+    unchanged = Outcome(module, changed=False, problems=())
+    finder = _Finder()
+    module.visit(finder)
+    candidate: tuple[cst.Import | cst.ImportFrom, tuple[cst.CSTNode, ...]] | None = None
+    for node, ancestors in finder.imports:
+        if _is_plain_module_level_import(node, ancestors):
+            if candidate is not None:
+                return unchanged  # imported twice: the name is bound twice
+            candidate = (node, ancestors)
+        elif not is_protected(ancestors, node) and not any(
+            isinstance(ancestor, cst.FunctionDef) for ancestor in ancestors
+        ):
+            return unchanged  # importing the module would still need ctypes
+    if candidate is None:
+        return unchanged
+    node, ancestors = candidate
+    statement = ancestors[1]
+    assert isinstance(statement, cst.SimpleStatementLine)
+    plan = _Plan()
+    plan.none_on_failure[statement] = ["ctypes"]
+    plan.within.update(ancestors)
+    global_scope = _global_scope(module)
+    if len(global_scope.assignments["ctypes"]) != 1 or _readers(global_scope, plan):
+        return unchanged
+    if any(_returns_value(function) for function in plan.function_checks):
+        return unchanged
+    return outcome(module, _Apply(plan), ())

@@ -117,8 +117,11 @@ class _Wrapper(PathTransformer):
         return updated_node
 
 
-def run(module: cst.Module) -> Outcome:
-    """Wrap every unprotected ``CDLL(None)`` statement, or report why it cannot be."""
+def run(module: cst.Module, source: bytes) -> Outcome:
+    """Wrap every unprotected ``CDLL(None)`` statement, or report why it cannot be.
+
+    ``source`` (the bytes parsed) is not needed: any module may call ``CDLL(None)``.
+    """
     finder = _Finder()
     module.visit(finder)
     statements: set[Statement] = set()

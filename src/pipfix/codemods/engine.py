@@ -21,7 +21,7 @@ class Codemod(Protocol):
 
     def applies_to(self, source: bytes) -> bool: ...
 
-    def run(self, module: cst.Module) -> Outcome: ...
+    def run(self, module: cst.Module, source: bytes, /) -> Outcome: ...
 
 
 # Run order, also the order of SourceResult.applied.  dlopen-self goes first so
@@ -44,10 +44,10 @@ def transform_source(path: str, source: bytes) -> SourceResult:
     for codemod in REGISTRY:
         if not codemod.applies_to(source):
             continue
-        outcome = codemod.run(module)
+        outcome = codemod.run(module, source)
         if outcome.problems and module is not original:
             # Report line numbers of the input, not of the partly patched tree.
-            outcome = codemod.run(original)
+            outcome = codemod.run(original, source)
         unpatchable.extend(Unpatchable(path, line, reason) for line, reason in outcome.problems)
         if outcome.changed:
             applied.append(codemod.INFO.id)

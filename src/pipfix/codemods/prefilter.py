@@ -10,15 +10,28 @@ import re
 
 _LOADER = re.compile(rb"\b(CDLL|PyDLL|LoadLibrary|cdll|pydll)\b")
 _GLIBC_PROBE = b"gnu_get_libc_version"
+# A plain ``import ctypes`` line in column 0: only a statement of the module body
+# itself can start there.  A trailing comment does not change that.
+_MODULE_LEVEL_IMPORT = re.compile(rb"(?m)^import ctypes\s*(?:#.*)?$")
 
 
 def could_need_change(data: bytes) -> bool:
-    """True if ``data`` mentions ctypes and either a library loader or the glibc probe."""
+    """True if ``data`` mentions ctypes and a library loader, the glibc probe,
+    or has a module-level ``import ctypes`` line."""
     if b"ctypes" not in data:
         return False
-    return _GLIBC_PROBE in data or _LOADER.search(data) is not None
+    return (
+        _GLIBC_PROBE in data
+        or _LOADER.search(data) is not None
+        or _MODULE_LEVEL_IMPORT.search(data) is not None
+    )
 
 
 def is_glibc_detection_module(data: bytes) -> bool:
-    """True for modules that look up the glibc version (the ctypes-import scope)."""
+    """True for modules that look up the glibc version (every ctypes import is in scope)."""
     return _GLIBC_PROBE in data
+
+
+def has_module_level_ctypes_import(data: bytes) -> bool:
+    """True if a line is a plain ``import ctypes`` (the rule that applies to any module)."""
+    return _MODULE_LEVEL_IMPORT.search(data) is not None

@@ -61,6 +61,14 @@ class Context:
             return True, "dynamically linked (not confirmed: the target was not run)", "static"
         return None, "unknown: the interpreter binary could not be read", "static"
 
+    def ctypes_breaks(self) -> tuple[bool, str, str]:
+        """(would an unguarded ``import ctypes; ctypes.CDLL(None)`` fail?, evidence, source)."""
+        works, evidence, source = self.dlopen_self()
+        imported = (self.live.loading or {}).get("import_ctypes")
+        if isinstance(imported, str) and imported != "ok":
+            return True, f"import ctypes: {imported}", "live"
+        return works is not True, evidence, source
+
 
 def host_context_values() -> tuple[Mapping[str, str], int | None]:
     euid = os.geteuid() if hasattr(os, "geteuid") else None

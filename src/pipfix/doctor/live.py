@@ -1,6 +1,7 @@
 """Facts measured by running the target, when it runs on this host.
 
-Each probe is a separate ``python -I -c`` subprocess, so a probe that crashes
+Each probe is a separate ``python -I -B -c`` subprocess (isolated, and writing
+no bytecode: doctor stays read-only), so a probe that crashes
 the interpreter (a broken extension module, a failing ``dlopen``) loses only
 its own answer. The environment is the caller's minus everything that changes
 how Python or pip behave (``PYTHON*``, ``PIP_*``, ``VIRTUAL_ENV``,
@@ -127,7 +128,10 @@ try:
     out["tag_count"] = count
 except BaseException as exc:
     out["error"] = _err(exc)
-    out["traceback"] = traceback.format_exc().strip().splitlines()[-6:]
+    frames = traceback.extract_tb(sys.exc_info()[2])
+    shown = [f for f in frames if "/pip/" in f.filename.replace(os.sep, "/")][-2:]
+    shown += [f for f in frames[-1:] if f not in shown]
+    out["traceback"] = ["%s:%s in %s" % (f.filename, f.lineno, f.name) for f in shown]
 _emit(out)
 """
 
@@ -144,7 +148,7 @@ class ProbeResult:
 
 
 def run_probe(executable: Path, code: str, args: Sequence[str] = ()) -> ProbeResult:
-    command = [str(executable), "-I", "-c", code, *args]
+    command = [str(executable), "-I", "-B", "-c", code, *args]  # -B: write no bytecode
     try:
         completed = subprocess.run(
             command, capture_output=True, text=True, errors="replace",

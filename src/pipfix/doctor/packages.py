@@ -36,8 +36,7 @@ def ensurepip_pip_wheel(subject: Subject) -> Path | None:
 
 
 def package_items(ctx: Context) -> Iterator[Item]:
-    works, evidence, source = ctx.dlopen_self()
-    harmful = works is not True
+    harmful, evidence, source = ctx.ctypes_breaks()
     prefix = ctx.subject.base.prefix
     try:
         states = [(w.path, w.distribution, w.version, w.state, w.reason)
@@ -81,12 +80,12 @@ def _wheel_finding(
     prefix: Path,
 ) -> Finding:
     names = ", ".join(Path(w["path"]).name for w in wheels)
-    data = {"wheels": wheels, "dlopen(NULL)": evidence}
+    data = {"wheels": wheels, "ctypes.CDLL(None)": evidence}
     if state == WheelState.NEEDS_PATCH.value:
         return Finding(
             "ensurepip.needs-patch", Severity.WARNING if harmful else Severity.INFO,
             f"{names}: need(s) patching" + ("" if harmful else
-                                            " (harmless here: dlopen(NULL) works)"),
+                                            " (harmless here: ctypes.CDLL(None) works)"),
             source, data, f"pipfix apply {prefix}",
         )
     if state == WheelState.PATCHED.value:
@@ -125,7 +124,7 @@ def _installed_pip_items(ctx: Context, harmful: bool) -> Iterator[Item]:
             yield Finding(
                 "ensurepip.pip-unpatched", Severity.WARNING if harmful else Severity.INFO,
                 f"installed pip {version} is not pipfix-patched"
-                + ("" if harmful else " (harmless here: dlopen(NULL) works)"),
+                + ("" if harmful else " (harmless here: ctypes.CDLL(None) works)"),
                 "static", {"dist_info": str(dist_info)},
                 _reinstall_advice(ctx) if harmful else None,
             )

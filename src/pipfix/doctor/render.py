@@ -45,10 +45,12 @@ def _fact_lines(fact: Fact) -> list[str]:
 def _evidence_lines(evidence: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for key, value in evidence.items():
-        if isinstance(value, list) and value and not all(isinstance(v, str) for v in value):
+        one_per_line = isinstance(value, list) and any(
+            not isinstance(v, str) or " " in v.strip() for v in value)
+        if one_per_line:
             lines += _wrap(f"{key}:", "      ")
             for item in value[:_MAX_LIST]:
-                lines += _wrap(_value(item), "          ", "        - ")
+                lines += _wrap(_value(item).strip(), "          ", "        - ")
             if len(value) > _MAX_LIST:
                 lines.append(f"        ... {len(value) - _MAX_LIST} more (see --json)")
         elif isinstance(value, list) and len(value) > _MAX_LIST:
@@ -77,8 +79,8 @@ def render(report: DoctorReport) -> str:
     lines = [f"pipfix doctor: {target.get('prefix')} (Python {target.get('version')})"]
     lines.append(f"  executable: {target.get('executable') or '(not found)'}")
     if live.get("available"):
-        lines.append("  facts: [static] from files, [live] from running the target, "
-                     "[host] from this machine")
+        lines += _wrap("facts: [static] from files, [live] from running the target, "
+                       "[host] from this machine", "    ", "  ")
     else:
         lines += _wrap(f"facts: [static] from files and [host] only; the target was not run: "
                        f"{live.get('reason')}", "    ", "  ")

@@ -97,7 +97,8 @@ def find_subject(target: str | Path | None) -> Subject:
         home = _pyvenv_cfg(prefix).get("home")
         if not home:
             raise PipfixError(prefix / "pyvenv.cfg", "venv without a 'home' entry")
-        base = find_installation(_prefix_of(Path(home)))
+        home_dir = Path(home)  # the base interpreter's bin directory
+        base = find_installation(home_dir.parent if home_dir.name == "bin" else home_dir)
         venv_libs = sorted(prefix.glob("lib/python3*/site-packages"))
         if wanted is None and venv_libs:
             wanted = venv_libs[0].parent.name[len("python"):]

@@ -50,30 +50,34 @@ def _glibc_version(ctx: Context) -> tuple[tuple[int, int] | None, str]:
     return needed, "the binary's GLIBC_2.x symbol versions (a lower bound)"
 
 
-def predict(ctx: Context) -> tuple[list[str], str]:
-    """(platforms, how they were derived)."""
+def predict(ctx: Context) -> tuple[list[str], str, bool]:
+    """(platforms, how they were derived, whether the libc version was known)."""
     interpreter = ctx.binary.interpreter
     if interpreter is None:
-        return [], "not predicted: the interpreter binary could not be read"
+        return [], "not predicted: the interpreter binary could not be read", False
     arch = interpreter.binary.arch
     platforms: list[str] = []
+    known = True
     if interpreter.libc == "glibc":
-        version, basis = _glibc_version(ctx)
+        version, source = _glibc_version(ctx)
         if version:
             platforms += manylinux_platforms(arch, version)
-        basis = f"predicted; glibc {version[0]}.{version[1]} from {basis}" if version else (
-            "predicted; glibc version unknown")
+            basis = f"predicted; glibc {version[0]}.{version[1]} from {source}"
+        else:
+            basis, known = "predicted; glibc version unknown", False
     elif interpreter.libc == "musl":
         musl = ctx.binary.musl_version
         if musl:
             platforms += musllinux_platforms(arch, musl)
-        basis = f"predicted; musl {musl} from the loader" if musl else (
-            "predicted; musl version unknown (loader not run)")
+            basis = f"predicted; musl {musl} from the loader"
+        else:
+            known = False
+            basis = "predicted; musllinux tags depend on the musl version (loader not run)"
     elif interpreter.libc == "none":
         basis = "predicted; static executable: no loader, so no manylinux/musllinux tags"
     else:
-        basis = "predicted; libc not recognised"
-    return [*platforms, f"linux_{arch}"], basis
+        basis, known = "predicted; libc not recognised", False
+    return [*platforms, f"linux_{arch}"], basis, known
 
 
 def _abbreviated(platforms: list[str]) -> str:
@@ -111,6 +115,7 @@ def tag_items(ctx: Context) -> Iterator[Item]:
         platforms = [str(p) for p in live["platforms"] if p != "any"]
         source = "live"
         basis = f"pip {live.get('pip_version')} ({live.get('pip_from')}) in the target"
+        known = True
     else:
         if live and live.get("error"):
             yield Finding(
@@ -118,10 +123,12 @@ def tag_items(ctx: Context) -> Iterator[Item]:
                 f"pip's tag computation crashes in the target: {live['error']}", "live",
                 {"pip": live.get("pip_version"), "from": live.get("pip_from"),
                  "traceback": live.get("traceback")},
-                f"Run `pipfix apply {ctx.subject.base.prefix}` and reinstall pip from the "
-                "patched wheel; pip cannot select any wheel until then.",
+                f"Run `pipfix apply {ctx.subject.base.prefix}`"
+                + (" and reinstall pip from the patched wheel" if live.get("pip_from") ==
+                   "installed" else "")
+                + "; pip cannot select any wheel until then.",
             )
-        platforms, basis = predict(ctx)
+        platforms, basis, known = predict(ctx)
         source = "static"
     manylinux = any(p.startswith("manylinux") for p in platforms)
     musllinux = any(p.startswith("musllinux") for p in platforms)
@@ -131,11 +138,12 @@ def tag_items(ctx: Context) -> Iterator[Item]:
         return
     yield Finding(
         "tags.platforms", Severity.INFO,
-        f"pip would use {len(platforms)} platform tag(s): {_abbreviated(platforms)}", source,
+        f"{'pip would use' if source == 'live' else 'predicted'} {len(platforms)} platform "
+        f"tag(s): {_abbreviated(platforms)}", source,
         {"platforms": platforms, "manylinux": manylinux, "musllinux": musllinux,
          "computed by": basis},
     )
-    if not (manylinux or musllinux):
+    if known and not (manylinux or musllinux):
         explanation, action = _no_binary_explanation(ctx)
         yield Finding(
             "tags.no-binary-wheels", Severity.WARNING,

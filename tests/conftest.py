@@ -46,9 +46,7 @@ def pinned_wheels() -> dict[str, Path]:
 def clean_env(**extra: str) -> dict[str, str]:
     """An environment in which pip and Python behave the same on every machine."""
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))
+        k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))
     }
     env.update(
         PIP_CONFIG_FILE=os.devnull,
@@ -79,7 +77,9 @@ def run(
     )
 
 
-def pipfix(*args: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def pipfix(
+    *args: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real command line in a subprocess, as a user would."""
     environment = clean_env(PYTHONPATH=str(SRC)) if env is None else dict(env)
     return run([sys.executable, "-m", "pipfix", *args], env=environment)
@@ -118,7 +118,9 @@ def tmp_tree(tmp_path: Path) -> Iterator[Path]:
 
 
 def _can_mount() -> bool:
-    return sys.platform.startswith("linux") and os.geteuid() == 0 and shutil.which("mount") is not None
+    return (
+        sys.platform.startswith("linux") and os.geteuid() == 0 and shutil.which("mount") is not None
+    )
 
 
 @pytest.fixture
@@ -133,7 +135,9 @@ def small_filesystem(tmp_path: Path) -> Iterator[Callable[..., Path]]:
     def make(size: str = "64m") -> Path:
         point = tmp_path / f"mnt{len(mounts)}"
         point.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], check=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], check=True
+        )
         mounts.append(point)
         return point
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_COMMON = '''\
+_COMMON = """\
 # pipfix test double: behave like a statically linked musl CPython.
 import errno as _errno
 import os as _os
@@ -31,9 +31,9 @@ def _musl_confstr(name):
 
 if _real_confstr is not None:
     _os.confstr = _musl_confstr
-'''
+"""
 
-_VARIANT_A = '''
+_VARIANT_A = """
 import ctypes as _ctypes
 
 _real_init = _ctypes.CDLL.__init__
@@ -44,7 +44,7 @@ def _no_dlopen(self, name, *args, **kwargs):
 
 
 _ctypes.CDLL.__init__ = _no_dlopen
-'''
+"""
 
 _VARIANT_B = '''
 import sys as _sys

@@ -73,8 +73,11 @@ def install_wheel(python: Path, wheel: Path) -> None:
     site = next(prefix.glob("lib/python3*/site-packages"))
     destination = SchemeDictionaryDestination(
         {
-            "purelib": str(site), "platlib": str(site), "scripts": str(prefix / "bin"),
-            "data": str(prefix), "headers": str(prefix / "include"),
+            "purelib": str(site),
+            "platlib": str(site),
+            "scripts": str(prefix / "bin"),
+            "data": str(prefix),
+            "headers": str(prefix / "include"),
         },
         interpreter=str(python),
         script_kind="posix",

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 import zipfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
-from conftest import PINNED_NAMES, clean_env, find_interpreter, run
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
-from simulation import VARIANTS, write_sitecustomize
 
 from pipfix import patcher
+
+from conftest import PINNED_NAMES, clean_env, find_interpreter, run
+from simulation import VARIANTS, write_sitecustomize
 
 # Runs inside the target interpreter: import each module, call every zero-argument
 # glibc/libc function, and report what came back (or what was raised).
@@ -47,7 +48,7 @@ print(json.dumps(results))
 INTERPRETER_MINORS = ("8", "9", "10", "11", "12", "13")
 
 
-@lru_cache(maxsize=None)
+@cache
 def interpreter_for(wheel: Path) -> Path | None:
     """The oldest interpreter here (3.8+) that the wheel's Requires-Python admits."""
     with zipfile.ZipFile(wheel) as archive:
@@ -68,7 +69,9 @@ def module_names(plan: patcher.WheelPlan) -> list[str]:
     return [c.path[: -len(".py")].replace("/", ".") for c in plan.changes]
 
 
-def probe(python: Path, wheel: Path, modules: list[str], site: Path | None) -> dict[str, dict[str, str]]:
+def probe(
+    python: Path, wheel: Path, modules: list[str], site: Path | None
+) -> dict[str, dict[str, str]]:
     path = f"{site}:{wheel}" if site else str(wheel)
     result = run([python, "-c", PROBE, *modules], env=clean_env(PYTHONPATH=path))
     assert result.returncode == 0, result.stderr

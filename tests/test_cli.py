@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SRC, clean_env, pipfix, run
 
 from pipfix import __version__
+
+from conftest import SRC, clean_env, pipfix, run
 
 BASE = Path(sys.base_prefix)
 
@@ -45,7 +46,9 @@ def test_check_on_the_running_interpreter() -> None:
     if sys.version_info[:2] == (3, 11):
         # This machine's default interpreter bundles pip 23.2.1 and setuptools 65.5.0.
         assert {(w["distribution"], w["version"]) for w in report["wheels"]} >= {
-            ("pip", "23.2.1"), ("setuptools", "65.5.0")}
+            ("pip", "23.2.1"),
+            ("setuptools", "65.5.0"),
+        }
         assert needs == {"pip", "setuptools"}
         assert result.returncode == 1
 
@@ -63,11 +66,15 @@ def test_apply_on_a_copy_of_the_running_interpreter(base_copy: Path) -> None:
     assert version.returncode == 0 and str(base_copy) in version.stdout, version.stderr
 
 
-def test_nothing_to_patch_never_imports_libcst(base_copy: Path, tmp_path: Path, pinned_wheels) -> None:
+def test_nothing_to_patch_never_imports_libcst(
+    base_copy: Path, tmp_path: Path, pinned_wheels
+) -> None:
     assert pipfix("apply", base_copy).returncode == 0  # idempotent: already patched is fine
     for args in (["check", str(base_copy)], ["apply", str(base_copy)]):
-        result = run([sys.executable, "-X", "importtime", "-m", "pipfix", *args],
-                     env=clean_env(PYTHONPATH=str(SRC)))
+        result = run(
+            [sys.executable, "-X", "importtime", "-m", "pipfix", *args],
+            env=clean_env(PYTHONPATH=str(SRC)),
+        )
         assert result.returncode == 0, result.stderr
         imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
         assert "pipfix" in imported and not any(m.startswith("libcst") for m in imported), args
@@ -75,8 +82,20 @@ def test_nothing_to_patch_never_imports_libcst(base_copy: Path, tmp_path: Path, 
     out = tmp_path / "out"
     out.mkdir()
     wheel = pinned_wheels["pip-23.2.1-py3-none-any.whl"]
-    patched = run([sys.executable, "-X", "importtime", "-m", "pipfix", "patch-wheel", str(wheel), "-o", str(out)],
-                  env=clean_env(PYTHONPATH=str(SRC)))
+    patched = run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "pipfix",
+            "patch-wheel",
+            str(wheel),
+            "-o",
+            str(out),
+        ],
+        env=clean_env(PYTHONPATH=str(SRC)),
+    )
     assert any("libcst" in line for line in patched.stderr.splitlines())
 
 
@@ -88,13 +107,27 @@ def test_json_schema(tmp_path: Path, pinned_wheels) -> None:
     report = json.loads(result.stdout)
     assert report["schema"] == 1 and report["command"] == "patch-wheel" and report["exit_code"] == 0
     (wheel,) = report["wheels"]
-    assert set(wheel) == {"path", "distribution", "version", "state", "action", "reason", "patches",
-                          "changed_files", "sha256", "original_sha256", "backup", "output"}
+    assert set(wheel) == {
+        "path",
+        "distribution",
+        "version",
+        "state",
+        "action",
+        "reason",
+        "patches",
+        "changed_files",
+        "sha256",
+        "original_sha256",
+        "backup",
+        "output",
+    }
     assert wheel["action"] == "written" and wheel["patches"] == ["dlopen-self", "ctypes-import"]
     assert Path(wheel["output"]) == out / "pip-24.0-py3-none-any.whl"
 
 
-def test_patch_wheel_in_place_keeps_a_backup_and_is_idempotent(tmp_path: Path, pinned_wheels) -> None:
+def test_patch_wheel_in_place_keeps_a_backup_and_is_idempotent(
+    tmp_path: Path, pinned_wheels
+) -> None:
     wheel = tmp_path / "pip-22.3.1-py3-none-any.whl"
     shutil.copy(pinned_wheels[wheel.name], wheel)
     original = wheel.read_bytes()

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import clean_env, find_interpreter, pipfix, run
 from packaging.version import Version
+
+from conftest import clean_env, find_interpreter, pipfix, run
 from simulation import VARIANTS
 from standalone import describe, make_standalone_prefix
 from wheelmaker import make_wheel
@@ -77,7 +78,9 @@ def test_venv_fails_before_apply_and_works_after(minor: str, variant: str, tmp_p
     wheel = make_wheel(tmp_path)
     installed = run([pip, "install", "--no-index", wheel])
     assert installed.returncode == 0, installed.stdout + installed.stderr
-    imported = run([venv / "bin" / "python", "-c", "import hello_pipfix; print(hello_pipfix.GREETING)"])
+    imported = run(
+        [venv / "bin" / "python", "-c", "import hello_pipfix; print(hello_pipfix.GREETING)"]
+    )
     assert imported.stdout.strip() == "hello from a wheel", imported.stderr
 
     # 3. Restore brings the exact originals, and the failure, back.
@@ -93,6 +96,6 @@ def test_prefix_helper_uses_the_interpreter_it_was_given(tmp_path: Path) -> None
     python = make_standalone_prefix(Path(sys.executable), tmp_path / "p", None)
     info = describe(python)
     assert Path(info["stdlib"]) == tmp_path / "p" / "lib" / f"python{info['version']}"
-    assert run([python, "-c", "import sys; print(sys.prefix)"], env=clean_env()).stdout.strip() == str(
-        tmp_path / "p"
-    )
+    assert run(
+        [python, "-c", "import sys; print(sys.prefix)"], env=clean_env()
+    ).stdout.strip() == str(tmp_path / "p")

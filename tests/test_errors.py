@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from conftest import pipfix, tree_digest
 from standalone import make_standalone_prefix
 from wheelmaker import make_wheel
@@ -51,7 +52,9 @@ def test_write_commands_need_an_explicit_target() -> None:
     assert_clean_error(pipfix("apply"), "name a target")
 
 
-def _rewrite_member(wheel: Path, member: str, payload: bytes, extra: dict[str, bytes] | None = None) -> None:
+def _rewrite_member(
+    wheel: Path, member: str, payload: bytes, extra: dict[str, bytes] | None = None
+) -> None:
     """Rewrite one member in place, keeping everything else (RECORD untouched)."""
     with zipfile.ZipFile(wheel) as source:
         items = [(info, source.read(info)) for info in source.infolist()]
@@ -75,7 +78,9 @@ def test_record_hash_mismatch(prefix: Path) -> None:
     wheel = bundled(prefix)
     _rewrite_member(wheel, "pip/__init__.py", b"tampered = True\n")
     before = tree_digest(prefix)
-    assert_clean_error(pipfix("apply", prefix), wheel.name, "pip/__init__.py does not match its RECORD")
+    assert_clean_error(
+        pipfix("apply", prefix), wheel.name, "pip/__init__.py does not match its RECORD"
+    )
     assert tree_digest(prefix) == before
 
 
@@ -112,8 +117,12 @@ def test_patch_wheel_errors(tmp_path: Path) -> None:
     not_a_wheel.write_text("hello")
     out = tmp_path / "out"
     out.mkdir()
-    assert_clean_error(pipfix("patch-wheel", not_a_wheel, "-o", out), "notes.txt", "not a wheel file name")
-    assert_clean_error(pipfix("patch-wheel", good, "-o", tmp_path / "missing"), "output directory does not exist")
+    assert_clean_error(
+        pipfix("patch-wheel", not_a_wheel, "-o", out), "notes.txt", "not a wheel file name"
+    )
+    assert_clean_error(
+        pipfix("patch-wheel", good, "-o", tmp_path / "missing"), "output directory does not exist"
+    )
     assert list(out.iterdir()) == []
 
 

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from installer.records import RecordEntry, parse_record_file
+
 from conftest import clean_env, pipfix, run, tree_digest
-from installer.records import parse_record_file, RecordEntry
 from simulation import write_sitecustomize
 from standalone import install_wheel, make_standalone_prefix
 from wheelmaker import make_wheel
@@ -140,7 +141,9 @@ def test_ensurepip_installs_pip_without_running_pip(tmp_path: Path) -> None:
     assert after == before
 
 
-def test_installed_version_without_a_wheel_is_rebuilt_and_patched(tmp_path: Path, pinned_wheels) -> None:
+def test_installed_version_without_a_wheel_is_rebuilt_and_patched(
+    tmp_path: Path, pinned_wheels
+) -> None:
     prefix = tmp_path / "prefix"
     python = make_standalone_prefix(Path(sys.executable), prefix, "B")
     install_wheel(python, pinned_wheels["pip-24.0-py3-none-any.whl"])
@@ -167,7 +170,9 @@ def test_venv_target_patches_the_venv_not_its_base(tmp_path: Path) -> None:
     assert applied.returncode == 0, applied.stderr
     report = json.loads(applied.stdout)
     assert report["wheels"] == []
-    assert [i["action"] for i in report["installs"] if i["distribution"] == "pip"] == ["reinstalled patched"]
+    assert [i["action"] for i in report["installs"] if i["distribution"] == "pip"] == [
+        "reinstalled patched"
+    ]
     assert state_digest(base) == base_digest
     assert run([venv / "bin" / "pip", "--version"]).returncode == 0
 
@@ -182,8 +187,13 @@ def comparable_state(prefix: Path) -> dict[str, str]:
 
 
 def _steps(prefix: Path) -> list[str]:
-    traced = pipfix("apply", prefix, env=clean_env(PYTHONPATH=str(Path(__file__).parents[1] / "src"),
-                                                   PIPFIX_TEST_TRACE_STEPS="1"))
+    traced = pipfix(
+        "apply",
+        prefix,
+        env=clean_env(
+            PYTHONPATH=str(Path(__file__).parents[1] / "src"), PIPFIX_TEST_TRACE_STEPS="1"
+        ),
+    )
     assert traced.returncode == 0, traced.stderr
     return [line for line in traced.stderr.splitlines() if line.startswith("pipfix-step ")]
 
@@ -198,8 +208,9 @@ def test_interrupted_reinstall_is_completed_by_rerunning(tmp_path: Path) -> None
     shutil.rmtree(reference)
 
     prefix, python = ensurepip_prefix(tmp_path)
-    env = clean_env(PYTHONPATH=str(Path(__file__).parents[1] / "src"),
-                    PIPFIX_TEST_KILL_AT_STEP=str(kill_at))
+    env = clean_env(
+        PYTHONPATH=str(Path(__file__).parents[1] / "src"), PIPFIX_TEST_KILL_AT_STEP=str(kill_at)
+    )
     killed = pipfix("apply", prefix, env=env)
     assert killed.returncode == -9
     assert (prefix / ".pipfix" / "journal.json").exists()
@@ -222,3 +233,41 @@ def test_python_m_pip_runs_patched_code_under_both_doubles(tmp_path: Path, varia
     probe = run([python, "-c", GLIBC_PROBE])
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.splitlines()[0] == "None None"
+
+
+def test_cross_compiled_target_gets_no_stale_bytecode(tmp_path: Path, pinned_wheels) -> None:
+    """A target that cannot run here: changed modules lose their caches, none are made."""
+    prefix, python = ensurepip_prefix(tmp_path)
+    real = python.read_bytes()
+    python.unlink()
+    python.write_bytes(b"\x7fELF" + b"\0" * 60)  # an interpreter for another machine
+    python.chmod(0o755)
+    site = next(prefix.glob("lib/python3.*/site-packages"))
+    caches = site / "pip" / "_internal" / "utils" / "__pycache__"
+    assert list(caches.glob("glibc.*.pyc"))
+    applied = pipfix("apply", prefix, "--json")
+    assert applied.returncode == 0, applied.stderr
+    pip_report = next(
+        i for i in json.loads(applied.stdout)["installs"] if i["distribution"] == "pip"
+    )
+    assert pip_report["scheme"] == "computed from the layout (target not run)"
+    assert pip_report["bytecode"] == "none for changed modules: the target does not run here"
+    assert not list(caches.glob("glibc.*.pyc"))
+    assert list(caches.glob("misc.*.pyc")), "caches of unchanged modules stay"
+    verify_installed_record(site, "pip")
+    python.write_bytes(real)
+    probe = run([python, "-c", GLIBC_PROBE])
+    assert probe.stdout.splitlines()[0] == "None None", probe.stderr
+
+
+def test_all_patches_every_installation_below_a_directory(tmp_path: Path) -> None:
+    pythons = tmp_path / "pythons"
+    for name in ("a", "b"):
+        make_standalone_prefix(Path(sys.executable), pythons / name / "install", "B")
+    assert pipfix("check", "--all", pythons).returncode == 1
+    applied = pipfix("apply", "--all", pythons, "--json")
+    assert applied.returncode == 0, applied.stderr
+    assert len(json.loads(applied.stdout)["targets"]) == 2
+    assert pipfix("check", "--all", pythons).returncode == 0
+    assert pipfix("restore", "--all", pythons).returncode == 0
+    assert pipfix("check", "--all", pythons).returncode == 1

@@ -13,13 +13,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import PINNED_NAMES, ROOT, SRC, clean_env, run
 from installer.sources import WheelFile as InstallerWheel
-from unguarded import find_unguarded
 from wheel.wheelfile import WheelFile
 
 from pipfix import patcher, provenance, zipraw
 from pipfix.patcher import WheelState
+
+from conftest import PINNED_NAMES, ROOT, SRC, clean_env, run
+from unguarded import find_unguarded
 
 PATCHES = ROOT / "patches"
 
@@ -79,7 +80,10 @@ def test_unchanged_members_are_identical_and_in_order(name: str, outputs, pinned
     for path in changed:
         original, new = before[path], next(m for m in after if m.name == path)
         assert (new.dos_date, new.dos_time, new.external_attr, new.method) == (
-            original.dos_date, original.dos_time, original.external_attr, original.method,
+            original.dos_date,
+            original.dos_time,
+            original.external_attr,
+            original.method,
         )
 
 

@@ -21,10 +21,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, ROOT, clean_env, pipfix, run, tree_digest
 from installer import install
 from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
+
+from conftest import IN_CI, ROOT, clean_env, pipfix, run, tree_digest
 from wheelmaker import make_wheel
 
 INSTALLS = ("upstream-ctypes", "pbs-ctypes")
@@ -36,8 +37,10 @@ GLIBC_PROBE = (
 
 
 def _cached_build() -> Path | None:
-    cache = Path(os.environ.get("PIPFIX_E2E_CACHE") or
-                 Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pipfix-e2e")
+    cache = Path(
+        os.environ.get("PIPFIX_E2E_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pipfix-e2e"
+    )
     builds = sorted(cache.glob("static-musl-*/.complete"), key=lambda p: p.stat().st_mtime)
     return builds[-1].parent if builds else None
 
@@ -54,14 +57,16 @@ def static_musl_dir() -> Path:
         return build_static_musl_python()
     found = _cached_build()
     if found is None:
-        pytest.skip("no static-musl CPython built here: run "
-                    "'bash tests/e2e/build-static-musl-python.sh' or set PIPFIX_STATIC_MUSL=1")
+        pytest.skip(
+            "no static-musl CPython built here: run "
+            "'bash tests/e2e/build-static-musl-python.sh' or set PIPFIX_STATIC_MUSL=1"
+        )
     return found
 
 
 _PBS_LAUNCHER = (
     "#!/bin/sh\n"
-    "'''exec' \"$(dirname -- \"$(realpath -- \"$0\")\")\"/'python3.11' \"$0\" \"$@\"\n"
+    '\'\'\'exec\' "$(dirname -- "$(realpath -- "$0")")"/\'python3.11\' "$0" "$@"\n'
     "' '''\n"
 )
 
@@ -83,7 +88,9 @@ class _BuildHostDestination(SchemeDictionaryDestination):
         )
         from installer.utils import Scheme
 
-        return self.write_to_fs(Scheme("scripts"), name, io.BytesIO((_PBS_LAUNCHER + body).encode()), True)
+        return self.write_to_fs(
+            Scheme("scripts"), name, io.BytesIO((_PBS_LAUNCHER + body).encode()), True
+        )
 
 
 def _ship_pip(prefix: Path, relocatable: bool) -> None:
@@ -91,8 +98,13 @@ def _ship_pip(prefix: Path, relocatable: bool) -> None:
     wheel = next((prefix / "lib" / f"python{VERSION}" / "ensurepip" / "_bundled").glob("pip-*.whl"))
     site = prefix / "lib" / f"python{VERSION}" / "site-packages"
     destination = _BuildHostDestination(
-        {"purelib": str(site), "platlib": str(site), "scripts": str(prefix / "bin"),
-         "data": str(prefix), "headers": str(prefix / "include")},
+        {
+            "purelib": str(site),
+            "platlib": str(site),
+            "scripts": str(prefix / "bin"),
+            "data": str(prefix),
+            "headers": str(prefix / "include"),
+        },
         interpreter=str(prefix / "bin" / f"python{VERSION}"),
         script_kind="posix",
     )
@@ -102,15 +114,20 @@ def _ship_pip(prefix: Path, relocatable: bool) -> None:
 
 
 def _wheel_hashes(prefix: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in prefix.glob(f"lib/python{VERSION}/ensurepip/_bundled/*.whl")}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in prefix.glob(f"lib/python{VERSION}/ensurepip/_bundled/*.whl")
+    }
 
 
 def _state(prefix: Path) -> dict[str, str]:
     """The tree, less pipfix's state dir and the stdlib caches the target writes when run."""
     cache = re.compile(rf"lib/python{VERSION}/(.*/)?__pycache__(/|$)")
-    return {k: v for k, v in tree_digest(prefix).items()
-            if not k.startswith(".pipfix") and not cache.match(k)}
+    return {
+        k: v
+        for k, v in tree_digest(prefix).items()
+        if not k.startswith(".pipfix") and not cache.match(k)
+    }
 
 
 @pytest.fixture(params=INSTALLS)
@@ -170,7 +187,9 @@ def test_end_to_end_on_real_static_musl(prefix: Path, tmp_path: Path) -> None:
     assert run([venv / "bin" / "pip", "--version"]).returncode == 0
     installed = run([venv / "bin" / "pip", "install", "--no-index", make_wheel(tmp_path)])
     assert installed.returncode == 0, installed.stdout + installed.stderr
-    imported = run([venv / "bin" / "python", "-c", "import hello_pipfix; print(hello_pipfix.GREETING)"])
+    imported = run(
+        [venv / "bin" / "python", "-c", "import hello_pipfix; print(hello_pipfix.GREETING)"]
+    )
     assert imported.stdout.strip() == "hello from a wheel", imported.stderr
     version = run([python, "-m", "pip", "--version"])
     assert version.returncode == 0 and str(prefix) in version.stdout, version.stderr

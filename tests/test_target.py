@@ -6,14 +6,20 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import pipfix
 
 from pipfix.errors import NotAnInstallationError
 from pipfix.target import find_installation, find_installations_under, read_build_vars
 
+from conftest import pipfix
 
-def fake_prefix(root: Path, version: str = "3.11", wheels: tuple[str, ...] = ("pip-23.2.1-py3-none-any.whl",),
-                build_vars: str | None = None, libdir: str = "lib") -> Path:
+
+def fake_prefix(
+    root: Path,
+    version: str = "3.11",
+    wheels: tuple[str, ...] = ("pip-23.2.1-py3-none-any.whl",),
+    build_vars: str | None = None,
+    libdir: str = "lib",
+) -> Path:
     stdlib = root / libdir / f"python{version}"
     (stdlib / "ensurepip" / "_bundled").mkdir(parents=True)
     (stdlib / "os.py").write_text("")
@@ -51,12 +57,17 @@ def test_wheel_pkg_dir_is_parsed_not_executed_and_relocated(tmp_path: Path) -> N
     prefix = fake_prefix(tmp_path / "sysroot" / "usr", build_vars=build_vars, wheels=())
     wheels = prefix / "share" / "python-wheels"
     wheels.mkdir(parents=True)
-    for name in ("pip-23.2.1-py3-none-any.whl", "setuptools-68.0.0-py3-none-any.whl",
-                 "urllib3-2.0.0-py3-none-any.whl"):
+    for name in (
+        "pip-23.2.1-py3-none-any.whl",
+        "setuptools-68.0.0-py3-none-any.whl",
+        "urllib3-2.0.0-py3-none-any.whl",
+    ):
         (wheels / name).write_bytes(b"")
     installation = find_installation(prefix)
     assert [p.name for p in installation.ensurepip_wheels()] == [
-        "pip-23.2.1-py3-none-any.whl", "setuptools-68.0.0-py3-none-any.whl"]
+        "pip-23.2.1-py3-none-any.whl",
+        "setuptools-68.0.0-py3-none-any.whl",
+    ]
     assert not marker.exists()
 
 
@@ -87,7 +98,9 @@ def test_venv_is_its_own_kind_of_target(tmp_path: Path) -> None:
     (venv / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
     (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
     installation = find_installation(venv)
-    assert installation.is_venv and installation.libs == () and installation.venv_versions == ("3.11",)
+    assert (
+        installation.is_venv and installation.libs == () and installation.venv_versions == ("3.11",)
+    )
     assert installation.ensurepip_wheels() == []
 
 
@@ -105,8 +118,10 @@ def test_all_finds_every_installation_below_a_directory(tmp_path: Path) -> None:
 
 def test_check_on_a_cross_compiled_target_never_runs_it(tmp_path: Path, pinned_wheels) -> None:
     prefix = fake_prefix(tmp_path / "opt", wheels=())
-    shutil.copy(pinned_wheels["pip-23.2.1-py3-none-any.whl"],
-                prefix / "lib" / "python3.11" / "ensurepip" / "_bundled")
+    shutil.copy(
+        pinned_wheels["pip-23.2.1-py3-none-any.whl"],
+        prefix / "lib" / "python3.11" / "ensurepip" / "_bundled",
+    )
     python = prefix / "bin" / "python3.11"
     python.chmod(0o755)  # executing it would fail with "Exec format error"
     result = pipfix("check", prefix)

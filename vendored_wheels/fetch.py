@@ -62,13 +62,23 @@ def fetch_one(filename: str, digest: str, cache: Path) -> Path:
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(_requirement(filename, digest), encoding="utf-8")
         command = [
-            sys.executable, "-m", "pip", "download", "--quiet",
-            "--no-deps", "--require-hashes", "--only-binary", ":all:",
-            "--python-version", "3.13", "--dest", tmp, "-r", str(requirements),
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--require-hashes",
+            "--only-binary",
+            ":all:",
+            "--python-version",
+            "3.13",
+            "--dest",
+            tmp,
+            "-r",
+            str(requirements),
         ]
-        result = subprocess.run(
-            command, env=_pip_environment(), capture_output=True, text=True
-        )
+        result = subprocess.run(command, env=_pip_environment(), capture_output=True, text=True)
         downloaded = Path(tmp) / filename
         if result.returncode != 0 or not downloaded.is_file():
             raise RuntimeError(f"{filename}: pip download failed:\n{result.stderr}")

@@ -47,7 +47,9 @@ def restore(target: Target | list[Target]) -> RunReport:
     return operations.restore(_many(target))
 
 
-def patch_wheel(path: Target | list[Target], out_dir: Target | None = None, in_place: bool = False) -> RunReport:
+def patch_wheel(
+    path: Target | list[Target], out_dir: Target | None = None, in_place: bool = False
+) -> RunReport:
     """Patch loose wheel files into ``out_dir`` (or in place)."""
     return operations.patch_wheel(_many(path), out_dir, in_place=in_place)
 
@@ -58,6 +60,13 @@ def diff(target: Target | list[Target] | None = None) -> str:
 
 
 __all__ = [
-    "PipfixError", "RunReport", "WheelReport", "__version__",
-    "apply", "check", "diff", "patch_wheel", "restore",
+    "PipfixError",
+    "RunReport",
+    "WheelReport",
+    "__version__",
+    "apply",
+    "check",
+    "diff",
+    "patch_wheel",
+    "restore",
 ]

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import operations
+from . import doctor_cli, operations
 from ._version import __version__
 from .errors import EXIT_ERROR, EXIT_OK, PipfixError
 from .reports import RunReport, WheelReport
@@ -28,9 +28,7 @@ EXIT_CODES_HELP = """exit codes:
 
 def _wheel_line(wheel: WheelReport, verbose: bool, kind: str) -> str:
     line = f"{wheel.distribution} {wheel.version} ({kind}): {wheel.action}"
-    if wheel.action in ("would patch", "patched", "not written", "written"):
-        line += f" [{wheel.reason}]"
-    elif wheel.action in ("already patched", "nothing to do"):
+    if wheel.action not in ("restored", "already original"):
         line += f" [{wheel.reason}]"
     if verbose:
         line += f"\n    {wheel.path}\n    sha256 {wheel.sha256}"
@@ -133,7 +131,9 @@ def _cmd_list_patches(args: argparse.Namespace) -> int:
 
 def _add_output_flags(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
     if json_flag:
-        parser.add_argument("--json", action="store_true", help="machine-readable report (schema 1)")
+        parser.add_argument(
+            "--json", action="store_true", help="machine-readable report (schema 1)"
+        )
     parser.add_argument("-v", "--verbose", action="store_true", help="also print paths and hashes")
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
 
@@ -149,40 +149,76 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pipfix {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=text, description=text, epilog=EXIT_CODES_HELP,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.set_defaults(handler=handler)
         return sub
 
     target_help = "installation prefix or its python executable"
     all_help = "every installation and venv below DIR (e.g. a directory of standalone Pythons)"
-    sub = command("check", _cmd_check, "report which ensurepip wheels and installed pips need patching")
-    sub.add_argument("targets", nargs="*", metavar="TARGET", help=f"{target_help} (default: the running Python)")
+    sub = command(
+        "check", _cmd_check, "report which ensurepip wheels and installed pips need patching"
+    )
+    sub.add_argument(
+        "targets", nargs="*", metavar="TARGET", help=f"{target_help} (default: the running Python)"
+    )
     sub.add_argument("--all", metavar="DIR", help=all_help)
     _add_output_flags(sub)
 
-    sub = command("apply", _cmd_apply, "patch the ensurepip wheels in place (exact backups kept), "
-                  "then bring the installed pip and setuptools to the patched state")
-    sub.add_argument("targets", nargs="*", metavar="TARGET", help=f"{target_help} (required unless --dry-run)")
+    sub = command(
+        "apply",
+        _cmd_apply,
+        "patch the ensurepip wheels in place (exact backups kept), "
+        "then bring the installed pip and setuptools to the patched state",
+    )
+    sub.add_argument(
+        "targets", nargs="*", metavar="TARGET", help=f"{target_help} (required unless --dry-run)"
+    )
     sub.add_argument("--all", metavar="DIR", help=all_help)
     sub.add_argument("--dry-run", action="store_true", help="only say what would change")
     style = sub.add_mutually_exclusive_group()
-    style.add_argument("--relocatable", dest="relocatable", action="store_true", default=None,
-                       help="write /bin/sh launchers that find python next to themselves "
-                       "(default: keep the target's current style)")
-    style.add_argument("--no-relocatable", dest="relocatable", action="store_false",
-                       help="write launchers with an absolute shebang")
-    sub.add_argument("--ensurepip", action="store_true",
-                     help="install pip from the patched bundled wheels where none is installed")
-    sub.add_argument("--wheels-only", action="store_true",
-                     help="patch the ensurepip wheels only; leave installed distributions alone")
+    style.add_argument(
+        "--relocatable",
+        dest="relocatable",
+        action="store_true",
+        default=None,
+        help="write /bin/sh launchers that find python next to themselves "
+        "(default: keep the target's current style)",
+    )
+    style.add_argument(
+        "--no-relocatable",
+        dest="relocatable",
+        action="store_false",
+        help="write launchers with an absolute shebang",
+    )
+    sub.add_argument(
+        "--ensurepip",
+        action="store_true",
+        help="install pip from the patched bundled wheels where none is installed",
+    )
+    sub.add_argument(
+        "--wheels-only",
+        action="store_true",
+        help="patch the ensurepip wheels only; leave installed distributions alone",
+    )
     _add_output_flags(sub)
 
     sub = command("diff", _cmd_diff, "print the unified diff of what would change; writes nothing")
-    sub.add_argument("items", nargs="*", metavar="TARGET|WHEEL", help=f"{target_help}, or wheel files")
+    sub.add_argument(
+        "items", nargs="*", metavar="TARGET|WHEEL", help=f"{target_help}, or wheel files"
+    )
 
-    sub = command("restore", _cmd_restore, "put back the exact originals (wheels and installed files)")
+    sub = command(
+        "restore", _cmd_restore, "put back the exact originals (wheels and installed files)"
+    )
     sub.add_argument("targets", nargs="*", metavar="TARGET", help=target_help)
     sub.add_argument("--all", metavar="DIR", help=all_help)
     _add_output_flags(sub)
@@ -194,8 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--in-place", action="store_true", help="replace the files, keeping backups")
     _add_output_flags(sub)
 
-    sub = command("list-patches", _cmd_list_patches, "list the codemods, why they exist and upstream references")
+    sub = command(
+        "list-patches",
+        _cmd_list_patches,
+        "list the codemods, why they exist and upstream references",
+    )
     sub.add_argument("--json", action="store_true", help="machine-readable list")
+
+    doctor_cli.register(commands)
     return parser
 
 

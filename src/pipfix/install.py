@@ -17,7 +17,7 @@ import re
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from installer.sources import WheelFile
 from installer.utils import Scheme, parse_entrypoints
 from packaging.utils import canonicalize_name, canonicalize_version
 
-from . import launchers, patcher, record, scheme as schemes, swap
+from . import launchers, patcher, record, swap
+from . import scheme as schemes
 from .errors import PipfixError
 from .installed import (
     InstalledDistribution,
@@ -79,7 +80,9 @@ _PIP_SCRIPT = re.compile(r"pip(\d+(\.\d+)?)?$")
 _EASY_INSTALL_SCRIPT = re.compile(r"easy_install(-\d+\.\d+)?$")
 
 
-def _entry_point_for(name: str, available: Mapping[str, tuple[str, str, str]]) -> tuple[str, str, str] | None:
+def _entry_point_for(
+    name: str, available: Mapping[str, tuple[str, str, str]]
+) -> tuple[str, str, str] | None:
     """The wheel's entry point behind a script name, mapping pipX.Y like pip does."""
     if name in available:
         return available[name]
@@ -89,7 +92,9 @@ def _entry_point_for(name: str, available: Mapping[str, tuple[str, str, str]]) -
     return None
 
 
-def _ensurepip_script_names(available: Mapping[str, tuple[str, str, str]], version: str) -> list[str]:
+def _ensurepip_script_names(
+    available: Mapping[str, tuple[str, str, str]], version: str
+) -> list[str]:
     """What ``python -m ensurepip`` would create: pip3 and pip3.X (no bare ``pip``)."""
     names = []
     if "pip" in available:
@@ -103,13 +108,17 @@ def _console_entry_points(wheel: WheelFile) -> dict[str, tuple[str, str, str]]:
     if "entry_points.txt" not in wheel.dist_info_filenames:
         return {}
     text = wheel.read_dist_info("entry_points.txt")
-    return {name: (module, attr, section) for name, module, attr, section in parse_entrypoints(text)}
+    return {
+        name: (module, attr, section) for name, module, attr, section in parse_entrypoints(text)
+    }
 
 
 class _ScriptedWheel(WheelFile):
     """The wheel, with its console scripts named as the target needs them."""
 
-    def __init__(self, archive: zipfile.ZipFile, scripts: Mapping[str, tuple[str, str, str]]) -> None:
+    def __init__(
+        self, archive: zipfile.ZipFile, scripts: Mapping[str, tuple[str, str, str]]
+    ) -> None:
         super().__init__(archive)
         self._scripts = scripts
 
@@ -133,12 +142,15 @@ class _StagingDestination(SchemeDictionaryDestination):
         script_bytes: Callable[[str, str, str, str], bytes],
     ) -> None:
         super().__init__(
-            scheme_dict, interpreter=interpreter, script_kind="posix",
-            hash_algorithm="sha256", destdir=str(stage_root),
+            scheme_dict,
+            interpreter=interpreter,
+            script_kind="posix",
+            hash_algorithm="sha256",
+            destdir=str(stage_root),
         )
         self._script_bytes = script_bytes
 
-    def write_script(self, name: str, module: str, attr: str, section: str) -> RecordEntry:  # type: ignore[override]
+    def write_script(self, name: str, module: str, attr: str, section: str) -> RecordEntry:  # type: ignore[override,unused-ignore]
         data = self._script_bytes(name, module, attr, section)
         with io.BytesIO(data) as stream:
             return self.write_to_fs(Scheme("scripts"), name, stream, is_executable=True)
@@ -231,9 +243,13 @@ def _stage(
             if relocatable:
                 return launchers.make_relocatable(current, target_scheme.interpreter)
             if options.relocatable is False and launchers.is_relocatable(current):
-                return launchers.generate(name, module, attr, section, target_scheme.interpreter, False)
+                return launchers.generate(
+                    name, module, attr, section, target_scheme.interpreter, False
+                )
             return current
-        return launchers.generate(name, module, attr, section, target_scheme.interpreter, relocatable)
+        return launchers.generate(
+            name, module, attr, section, target_scheme.interpreter, relocatable
+        )
 
     with zipfile.ZipFile(wheel_path) as archive:
         available = _console_entry_points(WheelFile(archive))
@@ -244,7 +260,10 @@ def _stage(
         scripts = {n: ep for n in names if (ep := _entry_point_for(n, available)) is not None}
         source = _ScriptedWheel(archive, scripts)
         destination = _StagingDestination(
-            target_scheme.as_installer_dict(), str(target_scheme.interpreter), stage_root, script_bytes
+            target_scheme.as_installer_dict(),
+            str(target_scheme.interpreter),
+            stage_root,
+            script_bytes,
         )
         metadata = dist.install_metadata() if dist is not None else {"INSTALLER": b"pip\n"}
         installer_install(source, destination, metadata)
@@ -254,15 +273,18 @@ def _stage(
         (s, _final_path(stage_root, s))
         for s in staged
         if s.suffix == ".py"
-        and not (_final_path(stage_root, s).is_file() and _final_path(stage_root, s).read_bytes() == s.read_bytes())
+        and not (
+            _final_path(stage_root, s).is_file()
+            and _final_path(stage_root, s).read_bytes() == s.read_bytes()
+        )
     ]
     stale_caches = [c for _, final in changed_sources for c in _cache_files_of(final)]
     changed_finals = {final for _, final in changed_sources}
     kept_caches = []
     if dist is not None:
-        for path, _entry in dist.records.items():
-            absolute = dist.absolute(path)
-            if is_bytecode(path) and absolute.is_file() and absolute not in stale_caches:
+        for record_path in dist.records:
+            absolute = dist.absolute(record_path)
+            if is_bytecode(record_path) and absolute.is_file() and absolute not in stale_caches:
                 source_py = absolute.parent.parent / (absolute.name.split(".", 1)[0] + ".py")
                 if source_py not in changed_finals:
                     kept_caches.append(absolute)
@@ -271,10 +293,15 @@ def _stage(
         bytecode = "changed modules compiled with the target"
     else:
         compiled = []
-        bytecode = "none for changed modules: the target does not run here" if not runs else \
-            "none for changed modules: the target failed to compile them"
+        bytecode = (
+            "none for changed modules: the target does not run here"
+            if not runs
+            else "none for changed modules: the target failed to compile them"
+        )
     extra = [(c, c) for c in kept_caches] + [(_final_path(stage_root, c), c) for c in compiled]
-    for record_file in (p for p in staged if p.name == "RECORD" and p.parent.suffix == ".dist-info"):
+    for record_file in (
+        p for p in staged if p.name == "RECORD" and p.parent.suffix == ".dist-info"
+    ):
         final_site = _final_path(stage_root, record_file.parent.parent)
         _rewrite_staged_record(record_file, final_site, extra)
     staged = _staged_files(stage_root)
@@ -292,8 +319,10 @@ def _stage(
                 continue
             entry = recorded.get(final)
             if entry is not None and entry.hash_ is not None and not entry.validate(current):
-                raise PipfixError(final, "changed since it was installed (RECORD differs); "
-                                  "refusing to overwrite it")
+                raise PipfixError(
+                    final,
+                    "changed since it was installed (RECORD differs); refusing to overwrite it",
+                )
         operations.append(swap.Operation("replace", final, staged_file))
     old_files = set(dist.files()) if dist is not None else set()
     for path in sorted((old_files | set(stale_caches)) - new_finals):
@@ -305,9 +334,7 @@ def _stage(
     return _Staged(operations, changed, bytecode), script_style
 
 
-def _locally_modified_and_untouched(
-    entry: RecordEntry | None, current: bytes, new: bytes
-) -> bool:
+def _locally_modified_and_untouched(entry: RecordEntry | None, current: bytes, new: bytes) -> bool:
     """A file changed after installation that the patch does not change: keep it."""
     if entry is None or entry.hash_ is None or entry.validate(current):
         return False
@@ -407,27 +434,32 @@ def _reinstall_one(
     patched: Mapping[WheelKey, tuple[str, bytes]],
     options: InstallOptions,
 ) -> InstallReport:
-    base = dict(distribution=dist.name, version=dist.version, site_dir=str(dist.site_dir))
+    base = InstallReport(dist.name, dist.version, str(dist.site_dir), action="")
     existing = dist.provenance
     if existing is not None and options.relocatable is None:
-        return InstallReport(**base, action="already patched")  # type: ignore[arg-type]
+        return replace(base, action="already patched")
     verify_installed(dist, only=patch_candidate)
     source, wheel_name, data, state = _patched_wheel_for(dist, patched)
     if data is None:
         if existing is None:
-            return InstallReport(**base, action="nothing to do", source=f"{state}")  # type: ignore[arg-type]
-        filename, data = rebuild_wheel(dist)
-        wheel_name, source = filename, "its installed (already patched) files"
+            return replace(base, action="nothing to do", source=state)
+        wheel_name, data = rebuild_wheel(dist)
+        source = "its installed (already patched) files"
     if options.dry_run:
-        return InstallReport(**base, action="would reinstall", source=source)  # type: ignore[arg-type]
+        return replace(base, action="would reinstall", source=source)
     target_scheme, runs = lazy_scheme.get()
-    base["scheme"] = target_scheme.source
     changed, scripts, bytecode = _swap_in(
         installation, target_scheme, wheel_name, data, dist, options, runs
     )
-    action = "reinstalled patched" if changed or existing is None else "launchers rewritten"
-    return InstallReport(**base, action=action, source=source, scripts=scripts,  # type: ignore[arg-type]
-                         bytecode=bytecode, changed_files=tuple(changed))
+    return replace(
+        base,
+        action="reinstalled patched" if changed or existing is None else "launchers rewritten",
+        source=source,
+        scheme=target_scheme.source,
+        scripts=scripts,
+        bytecode=bytecode,
+        changed_files=tuple(changed),
+    )
 
 
 def _install_new(
@@ -438,15 +470,26 @@ def _install_new(
     options: InstallOptions,
 ) -> InstallReport:
     name, version = wheel_name.split("-")[:2]
-    base = dict(distribution=name, version=version, site_dir=str(lazy_scheme.computed.purelib),
-                source="the patched ensurepip wheel")
+    base = InstallReport(
+        name,
+        version,
+        str(lazy_scheme.computed.purelib),
+        action="",
+        source="the patched ensurepip wheel",
+    )
     if options.dry_run:
-        return InstallReport(**base, action="would install")  # type: ignore[arg-type]
+        return replace(base, action="would install")
     target_scheme, runs = lazy_scheme.get()
-    base["scheme"] = target_scheme.source
-    _, scripts, bytecode = _swap_in(installation, target_scheme, wheel_name, data, None, options, runs)
-    return InstallReport(**base, action="installed (ensurepip)", scripts=scripts,  # type: ignore[arg-type]
-                         bytecode=bytecode)
+    _, scripts, bytecode = _swap_in(
+        installation, target_scheme, wheel_name, data, None, options, runs
+    )
+    return replace(
+        base,
+        action="installed (ensurepip)",
+        scheme=target_scheme.source,
+        scripts=scripts,
+        bytecode=bytecode,
+    )
 
 
 def restore_installs(installation: Installation) -> list[InstallReport]:
@@ -461,7 +504,5 @@ def restore_installs(installation: Installation) -> list[InstallReport]:
             continue
         restored = swap.restore(state_dir, install_dir)
         name, version = install_dir.name.split("-")[:2]
-        reports.append(InstallReport(name, version, "", "restored",
-                                     changed_files=tuple(restored)))
+        reports.append(InstallReport(name, version, "", "restored", changed_files=tuple(restored)))
     return reports
-

@@ -62,7 +62,7 @@ class InstalledDistribution:
 
 def find_installed(site_dir: Path) -> list[InstalledDistribution]:
     """pip and setuptools distributions installed in ``site_dir``."""
-    found = []
+    found: list[InstalledDistribution] = []
     if not site_dir.is_dir():
         return found
     for dist_info in sorted(site_dir.glob("*.dist-info")):
@@ -105,7 +105,9 @@ def verify_installed(
         try:
             data = absolute.read_bytes()
         except OSError as exc:
-            raise PipfixError(absolute, f"listed in RECORD but unreadable: {exc.strerror}") from None
+            raise PipfixError(
+                absolute, f"listed in RECORD but unreadable: {exc.strerror}"
+            ) from None
         if not entry.validate(data):
             raise PipfixError(
                 absolute, "changed since it was installed (RECORD differs); refusing to patch it"
@@ -141,9 +143,10 @@ def rebuild_wheel(dist: InstalledDistribution) -> tuple[str, bytes]:
             continue
         members.append((path, dist.absolute(path).read_bytes()))
     record_path = f"{dist_info_name}/RECORD"
-    rows = "".join(
-        ",".join(record.entry_for(p, data).to_row()) + "\n" for p, data in members
-    ) + f"{record_path},,\n"
+    rows = (
+        "".join(",".join(record.entry_for(p, data).to_row()) + "\n" for p, data in members)
+        + f"{record_path},,\n"
+    )
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path, data in [*members, (record_path, rows.encode())]:

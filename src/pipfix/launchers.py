@@ -15,7 +15,7 @@ from installer.scripts import Script
 
 _TRAMPOLINE = (
     "#!/bin/sh\n"
-    "'''exec' \"$(dirname -- \"$(realpath -- \"$0\")\")\"/'{interpreter}' \"$0\" \"$@\"\n"
+    '\'\'\'exec\' "$(dirname -- "$(realpath -- "$0")")"/\'{interpreter}\' "$0" "$@"\n'
     "' '''\n"
 )
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import install, patcher, record, store, swap
+from .extension_restore import restore_extensions
 from .errors import (
     EXIT_NEEDS_ATTENTION,
     EXIT_OK,
@@ -27,6 +29,7 @@ from .target import (
     find_installations_under,
     running_interpreter_prefix,
 )
+
 
 def _installations(
     targets: Sequence[str | Path], *, default: bool, under: str | Path | None = None
@@ -175,7 +178,11 @@ def apply(
     if dry_run:
         report = check(targets, under=under)
         return RunReport(
-            "apply", report.targets, report.wheels, _dry_exit(report), dry_run=True,
+            "apply",
+            report.targets,
+            report.wheels,
+            _dry_exit(report),
+            dry_run=True,
             installs=report.installs,
         )
     options = install.InstallOptions(relocatable=relocatable, ensurepip=ensurepip)
@@ -247,18 +254,20 @@ def restore(targets: Sequence[str | Path], *, under: str | Path | None = None) -
     installations = _installations(targets, default=False, under=under)
     reports: list[WheelReport] = []
     installs: list[install.InstallReport] = []
+    extensions: list[dict[str, Any]] = []
     with _locked(i.state_dir for i in installations):
         for path in _wheel_paths(installations):
             store.remove_stale_staging(store.state_dir_for(path))
             reports.append(_restore_one(path))
         for installation in installations:
             installs += install.restore_installs(installation)
+            extensions += restore_extensions(installation.prefix)
     return RunReport(
         "restore",
         tuple(str(i.prefix) for i in installations),
         tuple(reports),
         EXIT_OK,
-        installs=tuple(r.to_json() for r in installs),
+        installs=tuple(r.to_json() for r in installs) + tuple(extensions),
     )
 
 
@@ -268,7 +277,9 @@ def _restore_one(path: Path) -> WheelReport:
     if plan.state is not WheelState.PATCHED:
         if backup.exists():
             if store.sha256_file(backup) != plan.wheel.sha256:
-                raise PipfixError(path, "is neither pipfix's output nor the original; not touching it")
+                raise PipfixError(
+                    path, "is neither pipfix's output nor the original; not touching it"
+                )
             backup.unlink()  # a restore interrupted after its rename
             store.clean_state_dir(backup.parent)
         return _report(plan, "already original")
@@ -304,7 +315,9 @@ def patch_wheel(
     with _locked(lock_dirs):
         for plan in plans:
             reports.append(_patch_one(plan, destination_dir))
-    return RunReport("patch-wheel", tuple(str(p) for p in paths), tuple(reports), _exit_code(plans, applied=True))
+    return RunReport(
+        "patch-wheel", tuple(str(p) for p in paths), tuple(reports), _exit_code(plans, applied=True)
+    )
 
 
 def _patch_one(plan: WheelPlan, destination_dir: Path | None) -> WheelReport:
@@ -315,7 +328,8 @@ def _patch_one(plan: WheelPlan, destination_dir: Path | None) -> WheelReport:
     if destination_dir is not None and plan.state is not WheelState.UNPATCHABLE:
         destination = destination_dir / plan.wheel.path.name
         if destination != plan.wheel.path:
-            store.replace_atomically(destination, plan.wheel.data, store.expect_sha256(plan.wheel.sha256))
+            store.replace_atomically(
+                destination, plan.wheel.data, store.expect_sha256(plan.wheel.sha256)
+            )
         return _report(plan, "written", output=str(destination))
     return _report(plan, _IDLE_ACTIONS[plan.state])
-

@@ -15,6 +15,11 @@ from collections.abc import Iterable, Mapping
 from installer.records import Hash, InvalidRecordEntry, RecordEntry
 from installer.utils import copyfileobj_with_hashing
 
+__all__ = [
+    "ACCEPTED_HASHES", "SIGNATURE_NAMES", "RecordEntry", "RecordError",
+    "entry_for", "parse", "rewrite", "sha256_hex",
+]
+
 # PEP 427: sha256 or stronger; md5 and sha1 are refused.
 ACCEPTED_HASHES = frozenset({"sha256", "sha384", "sha512"})
 SIGNATURE_NAMES = ("RECORD.jws", "RECORD.p7s")

@@ -71,17 +71,30 @@ def computed_schemes(installation: Installation) -> list[InstallScheme]:
                 site = prefix / "lib" / f"python{version}" / "site-packages"
                 bindir = prefix / "bin"
             schemes.append(
-                InstallScheme(version, site, site, bindir, prefix,
-                              prefix / "include" / "site" / f"python{version}",
-                              _interpreter(bindir, version))
+                InstallScheme(
+                    version,
+                    site,
+                    site,
+                    bindir,
+                    prefix,
+                    prefix / "include" / "site" / f"python{version}",
+                    _interpreter(bindir, version),
+                )
             )
         return schemes
     for lib in installation.libs:
         if lib.version == "windows":
             site = prefix / "Lib" / "site-packages"
             schemes.append(
-                InstallScheme(lib.version, site, site, prefix / "Scripts", prefix,
-                              prefix / "Include", _interpreter(prefix, "")),
+                InstallScheme(
+                    lib.version,
+                    site,
+                    site,
+                    prefix / "Scripts",
+                    prefix,
+                    prefix / "Include",
+                    _interpreter(prefix, ""),
+                ),
             )
             continue
         platlibdir = str(lib.build_vars.get("PLATLIBDIR") or "lib")
@@ -92,8 +105,13 @@ def computed_schemes(installation: Installation) -> list[InstallScheme]:
         bindir = prefix / "bin"
         schemes.append(
             InstallScheme(
-                lib.version, purelib, platlib, bindir, prefix,
-                prefix / "include" / lib.stdlib.name, _interpreter(bindir, lib.version),
+                lib.version,
+                purelib,
+                platlib,
+                bindir,
+                prefix,
+                prefix / "include" / lib.stdlib.name,
+                _interpreter(bindir, lib.version),
             )
         )
     return schemes
@@ -113,7 +131,10 @@ def ask_target(interpreter: Path, args: list[str], timeout: float = 60) -> str |
     try:
         result = subprocess.run(
             [str(interpreter), "-I", "-B", *args],
-            capture_output=True, text=True, timeout=timeout, env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -136,14 +157,25 @@ def confirm(scheme: InstallScheme) -> InstallScheme:
     if all(Path(os.path.realpath(live[k])) == computed[k] for k in keys if k in live):
         return _replace_source(scheme, CONFIRMED)
     return InstallScheme(
-        scheme.version, live.get("purelib", scheme.purelib), live.get("platlib", scheme.platlib),
-        live.get("scripts", scheme.scripts), live.get("data", scheme.data),
-        live.get("include", scheme.headers), scheme.interpreter, FROM_TARGET,
+        scheme.version,
+        live.get("purelib", scheme.purelib),
+        live.get("platlib", scheme.platlib),
+        live.get("scripts", scheme.scripts),
+        live.get("data", scheme.data),
+        live.get("include", scheme.headers),
+        scheme.interpreter,
+        FROM_TARGET,
     )
 
 
 def _replace_source(scheme: InstallScheme, source: str) -> InstallScheme:
     return InstallScheme(
-        scheme.version, scheme.purelib, scheme.platlib, scheme.scripts, scheme.data,
-        scheme.headers, scheme.interpreter, source,
+        scheme.version,
+        scheme.purelib,
+        scheme.platlib,
+        scheme.scripts,
+        scheme.data,
+        scheme.headers,
+        scheme.interpreter,
+        source,
     )

@@ -24,6 +24,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import faults, store
 from .errors import PipfixError, describe_os_error
@@ -85,14 +86,17 @@ def prepare(state_dir: Path, key: str, operations: list[Operation]) -> Path:
             backup = files_dir / _relative(operation.path, state_dir).replace("..", "__up__")
             _backup_file(operation.path, backup)
             entries.append(
-                {"path": _relative(operation.path, state_dir),
-                 "backup": str(backup.relative_to(install_dir)),
-                 "sha256": _sha256(backup), "mode": operation.path.stat().st_mode & 0o7777}
+                {
+                    "path": _relative(operation.path, state_dir),
+                    "backup": str(backup.relative_to(install_dir)),
+                    "sha256": _sha256(backup),
+                    "mode": operation.path.stat().st_mode & 0o7777,
+                }
             )
         else:
             entries.append({"path": _relative(operation.path, state_dir), "backup": None})
     root = state_dir.parent
-    created = set(_read_manifest(install_dir).get("created_dirs", [])) if known else set()
+    created: set[str] = set(_read_manifest(install_dir).get("created_dirs", [])) if known else set()
     for operation in operations:
         for parent in operation.path.parents:
             if parent == root or root not in parent.parents or parent.exists():
@@ -178,12 +182,10 @@ def _prune_created(directories: list[Path]) -> None:
             pass  # not empty: something else was put there since
 
 
-def _read_manifest(install_dir: Path) -> dict[str, list[dict[str, object]]]:
+def _read_manifest(install_dir: Path) -> dict[str, Any]:
     manifest_path = install_dir / MANIFEST
     try:
-        manifest: dict[str, list[dict[str, object]]] = json.loads(
-            manifest_path.read_text(encoding="utf-8")
-        )
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise PipfixError(manifest_path, f"unreadable restore manifest: {exc}") from None
     return manifest
@@ -211,14 +213,14 @@ def restore(state_dir: Path, install_dir: Path) -> list[str]:
             backup = install_dir / entry["backup"]
             path.parent.mkdir(parents=True, exist_ok=True)
             store.replace_atomically(
-                path, backup.read_bytes(), store.expect_sha256(entry["sha256"]),
+                path,
+                backup.read_bytes(),
+                store.expect_sha256(entry["sha256"]),
                 staging_root=state_dir,
             )
             os.chmod(path, entry["mode"])
         restored.append(str(path))
-    _prune_created(
-        [_absolute(str(d), state_dir) for d in manifest.get("created_dirs", [])]
-    )
+    _prune_created([_absolute(str(d), state_dir) for d in manifest.get("created_dirs", [])])
     faults.step(f"remove backups {install_dir}")
     shutil.rmtree(install_dir)
     return restored

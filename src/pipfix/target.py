@@ -100,9 +100,8 @@ def read_build_vars(path: Path) -> dict[str, object]:
     except (OSError, SyntaxError, ValueError) as exc:
         raise PipfixError(path, f"cannot read sysconfig data: {exc}") from None
     for node in tree.body:
-        if (
-            isinstance(node, ast.Assign)
-            and any(isinstance(t, ast.Name) and t.id == "build_time_vars" for t in node.targets)
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "build_time_vars" for t in node.targets
         ):
             try:
                 value = ast.literal_eval(node.value)

@@ -100,10 +100,18 @@ def _no_binary_explanation(ctx: Context) -> tuple[str, str]:
             "cannot load in a static interpreter.",
             DYNAMIC_BUILD_ADVICE.format(prefix=prefix),
         )
+    facts = ctx.live.facts if ctx.live.available else {}
+    confstr = facts.get("confstr_libc") or (facts.get("errors") or {}).get("confstr_libc")
+    works, dlopen, _ = ctx.dlopen_self()
+    loader = ctx.binary.binary.interpreter if ctx.binary.binary else None
     return (
-        "Neither a glibc version nor a musl loader version could be determined, so pip "
-        "generates no manylinux or musllinux tags and falls back to sdists and "
-        "pure-Python wheels.",
+        "pip found no glibc version (os.confstr('CS_GNU_LIBC_VERSION'): "
+        f"{confstr or 'not measured'}; ctypes.CDLL(None): {dlopen}) and no musl loader "
+        f"version (PT_INTERP: {loader or 'none'}), so it generates no manylinux or "
+        "musllinux tags and falls back to sdists and pure-Python wheels.",
+        "Use a build in which dlopen(NULL) works; `pipfix apply "
+        f"{prefix}` keeps pip and venv from crashing but cannot make binary wheels "
+        "selectable." if works is False else
         "Check that os.confstr('CS_GNU_LIBC_VERSION') works (glibc) or that the PT_INTERP "
         "loader exists and prints its version (musl).",
     )

@@ -84,3 +84,21 @@ def install_wheel(python: Path, wheel: Path) -> None:
     )
     with zipfile.ZipFile(wheel) as archive:
         install(WheelFile(archive), destination, {"INSTALLER": b"pip\n"})
+
+
+def verify_installed_record(site: Path, distribution: str) -> int:
+    """Every hashed RECORD row of an installed distribution matches the file; rows checked."""
+    from installer.records import RecordEntry, parse_record_file
+
+    dist_info = next(site.glob(f"{distribution}-*.dist-info"))
+    rows = list(parse_record_file((dist_info / "RECORD").read_text().splitlines()))
+    checked = 0
+    for path, hash_, size in rows:
+        if not hash_:
+            continue
+        entry = RecordEntry.from_elements(path, hash_, size)
+        data = (site / path).resolve().read_bytes()
+        assert entry.hash_ is not None and entry.hash_.validate(data), path
+        assert entry.size == len(data), path
+        checked += 1
+    return checked

@@ -16,7 +16,7 @@ from installer.records import RecordEntry, parse_record_file
 
 from conftest import clean_env, pipfix, run, tree_digest
 from simulation import write_sitecustomize
-from standalone import install_wheel, make_standalone_prefix
+from standalone import install_wheel, make_standalone_prefix, verify_installed_record
 from wheelmaker import make_wheel
 
 GLIBC_PROBE = (
@@ -39,20 +39,6 @@ def ensurepip_prefix(tmp_path: Path, variant: str = "B") -> tuple[Path, Path]:
 
 def state_digest(prefix: Path) -> dict[str, str]:
     return {k: v for k, v in tree_digest(prefix).items() if not k.startswith(".pipfix")}
-
-
-def verify_installed_record(site: Path, distribution: str) -> int:
-    dist_info = next(site.glob(f"{distribution}-*.dist-info"))
-    rows = list(parse_record_file((dist_info / "RECORD").read_text().splitlines()))
-    checked = 0
-    for path, hash_, size in rows:
-        if not hash_:
-            continue
-        entry = RecordEntry.from_elements(path, hash_, size)
-        data = (site / path).resolve().read_bytes()
-        assert entry.validate(data), path
-        checked += 1
-    return checked
 
 
 def test_apply_reinstalls_pip_and_restore_is_byte_identical(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 
 from conftest import IN_CI, ROOT, clean_env, pipfix, run, tree_digest
+from standalone import verify_installed_record
 from wheelmaker import make_wheel
 
 INSTALLS = ("upstream-ctypes", "pbs-ctypes")
@@ -196,6 +197,8 @@ def test_end_to_end_on_real_static_musl(prefix: Path, tmp_path: Path) -> None:
     assert run([prefix / "bin" / "pip3", "--version"]).returncode == 0
     probe = run([python, "-c", GLIBC_PROBE])
     assert probe.stdout.strip() == "None None", probe.stderr
+    site = prefix / "lib" / f"python{VERSION}" / "site-packages"
+    assert verify_installed_record(site, "pip") > 100
     assert pipfix("check", prefix).returncode == 0
 
     # 3. ensurepip into a fresh root.

@@ -318,7 +318,7 @@ def _stage(
                 staged_file.unlink()
                 continue
             entry = recorded.get(final)
-            if entry is not None and entry.hash_ is not None and not entry.validate(current):
+            if entry is not None and entry.hash_ is not None and not record.matches(entry, current):
                 raise PipfixError(
                     final,
                     "changed since it was installed (RECORD differs); refusing to overwrite it",
@@ -336,9 +336,9 @@ def _stage(
 
 def _locally_modified_and_untouched(entry: RecordEntry | None, current: bytes, new: bytes) -> bool:
     """A file changed after installation that the patch does not change: keep it."""
-    if entry is None or entry.hash_ is None or entry.validate(current):
+    if entry is None or entry.hash_ is None or record.matches(entry, current):
         return False
-    return entry.validate(new)
+    return record.matches(entry, new)
 
 
 def _swap_in(
@@ -385,7 +385,13 @@ def _patched_wheel_for(
 
 
 def preflight(installation: Installation) -> None:
-    """Refuse before anything is written if an installed pip/setuptools does not verify."""
+    """Refuse before anything is written if an installed pip/setuptools does not verify.
+
+    An interrupted swap is not judged here: its files are half old, half new
+    until the run that holds the lock completes the journal.
+    """
+    if (installation.state_dir / swap.JOURNAL).exists():
+        return
     for computed in schemes.computed_schemes(installation):
         for site in computed.site_dirs:
             for dist in find_installed(site):

@@ -108,7 +108,7 @@ def verify_installed(
             raise PipfixError(
                 absolute, f"listed in RECORD but unreadable: {exc.strerror}"
             ) from None
-        if not entry.validate(data):
+        if not record.matches(entry, data):
             raise PipfixError(
                 absolute, "changed since it was installed (RECORD differs); refusing to patch it"
             )

@@ -2,19 +2,22 @@
 
 The plan is computed fully in memory from a verified wheel, so a command can
 decide everything (and refuse bad input) before it writes a single byte.
-libcst is imported only when the byte pre-filter finds a member that could
-need a change.
+libcst is imported only when the byte pre-filter and the ``ast`` screen find a
+member that could need a change.  Work is shared within a process (a source
+file met in several wheels is transformed once) and, with ``use_cache``,
+between processes (``cache``: patched outputs by input sha256).
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-from dataclasses import dataclass
+import struct
+import zlib
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from . import provenance, wheelfile
+from . import cache, provenance, record, wheelfile, zipraw
 from ._version import __version__
 from .codemods import could_need_change
 from .codemods.model import SourceResult, Unpatchable
@@ -36,6 +39,16 @@ class FileChange:
     after: bytes
 
 
+class _Built:
+    """The plan's output once built, and whether pipfix's reader verified it."""
+
+    __slots__ = ("data", "verified")
+
+    def __init__(self, data: bytes | None = None, verified: bool = False) -> None:
+        self.data = data
+        self.verified = verified
+
+
 @dataclass(frozen=True)
 class WheelPlan:
     """What pipfix would do to one verified wheel."""
@@ -45,6 +58,9 @@ class WheelPlan:
     changes: tuple[FileChange, ...] = ()
     unpatchable: tuple[Unpatchable, ...] = ()
     existing: provenance.Provenance | None = None
+    # Keep the verified output in the user's cache when it is built.
+    use_cache: bool = field(default=False, compare=False, repr=False)
+    _built: _Built = field(default_factory=_Built, compare=False, repr=False)
 
     @property
     def patches(self) -> tuple[str, ...]:
@@ -77,17 +93,34 @@ class WheelPlan:
         )
 
     def build(self) -> bytes:
-        """The patched wheel's bytes (deterministic: depends only on the input)."""
+        """The patched wheel's bytes (deterministic: depends only on the input).
+
+        Built once per plan.  With ``use_cache`` the output is verified here
+        (``verify_output`` then need not read it again) and kept in the cache.
+        """
         if self.state is not WheelState.NEEDS_PATCH:
             raise ValueError(f"{self.wheel.path.name} is {self.state.value}, nothing to build")
+        if self._built.data is not None:
+            return self._built.data
         changed = {c.path: c.after for c in self.changes}
         added = {
             provenance.member_name(self.wheel.dist_info): self.provenance().to_bytes()
         }
-        return wheelfile.rebuild(self.wheel, changed, added)
+        data = wheelfile.rebuild(self.wheel, changed, added)
+        self._built.data = data
+        if self.use_cache:
+            try:
+                verify_rebuilt(self.wheel.path, data, self)
+            except VerificationError:
+                return data  # verify_output will say why; nothing is cached
+            self._built.verified = True
+            cache.store(self.wheel, data, [(c.path, c.codemods) for c in self.changes])
+        return data
 
     def diff(self) -> str:
         """Unified diff of every changed member, as a reviewer reads it."""
+        import difflib
+
         chunks: list[str] = []
         for change in self.changes:
             before = change.before.decode("utf-8", "surrogateescape").splitlines(keepends=True)
@@ -135,11 +168,32 @@ def _existing_provenance(wheel: wheelfile.VerifiedWheel) -> provenance.Provenanc
         raise VerificationError(wheel.path, str(exc)) from None
 
 
-def plan_verified(wheel: wheelfile.VerifiedWheel) -> WheelPlan:
-    """Classify a verified wheel and compute its changes."""
+def _from_cache(wheel: wheelfile.VerifiedWheel) -> WheelPlan | None:
+    hit = cache.load(wheel)
+    if hit is None:
+        return None
+    changes = tuple(
+        FileChange(path, codemods, wheel.contents[path], after)
+        for path, codemods, after in hit.changes
+    )
+    return WheelPlan(
+        wheel, WheelState.NEEDS_PATCH, changes, use_cache=True, _built=_Built(hit.data, True)
+    )
+
+
+def plan_verified(wheel: wheelfile.VerifiedWheel, *, use_cache: bool = False) -> WheelPlan:
+    """Classify a verified wheel and compute its changes.
+
+    ``use_cache``: take a needed patch from the user's cache (verified before
+    use) when there is one, and keep a freshly built output there.
+    """
     existing = _existing_provenance(wheel)
     if existing is not None:
         return WheelPlan(wheel, WheelState.PATCHED, existing=existing)
+    if use_cache:
+        cached = _from_cache(wheel)
+        if cached is not None:
+            return cached
     changes: list[FileChange] = []
     unpatchable: list[Unpatchable] = []
     for member in wheel.archive.members:
@@ -155,35 +209,137 @@ def plan_verified(wheel: wheelfile.VerifiedWheel) -> WheelPlan:
     if unpatchable:
         return WheelPlan(wheel, WheelState.UNPATCHABLE, tuple(changes), tuple(unpatchable))
     if changes:
-        return WheelPlan(wheel, WheelState.NEEDS_PATCH, tuple(changes))
+        return WheelPlan(wheel, WheelState.NEEDS_PATCH, tuple(changes), use_cache=use_cache)
     return WheelPlan(wheel, WheelState.SAFE)
 
 
-def plan(path: Path, data: bytes | None = None) -> WheelPlan:
-    """Verify the wheel at ``path`` and plan its patch."""
-    return plan_verified(wheelfile.verify(path, data))
+def plan(path: Path, data: bytes | None = None, *, use_cache: bool = False) -> WheelPlan:
+    """Verify the wheel at ``path`` and plan its patch (``use_cache``: see plan_verified)."""
+    return plan_verified(wheelfile.verify(path, data), use_cache=use_cache)
+
+
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+
+
+def _inflate(path: Path, member: zipraw.RawMember) -> bytes:
+    """The payload of a member the rebuild wrote, checked against its CRC and size."""
+    header = _LOCAL_HEADER.unpack_from(member.local)
+    start = _LOCAL_HEADER.size + header[9] + header[10]
+    stored = member.local[start : start + member.compressed_size]
+    try:
+        if member.method == zipraw.STORED:
+            payload = stored
+        else:
+            inflater = zlib.decompressobj(-15)
+            payload = inflater.decompress(stored, member.size + 1)
+    except zlib.error as exc:
+        raise VerificationError(path, f"rebuilt member {member.name} is corrupt ({exc})") from None
+    if len(payload) != member.size or zlib.crc32(payload) != member.crc:
+        raise VerificationError(path, f"rebuilt member {member.name} fails its CRC or size")
+    return payload
+
+
+def verify_rebuilt(path: Path, data: bytes, expected: WheelPlan) -> None:
+    """pipfix's reader on ``data``, the rebuild of ``expected.wheel``.
+
+    Every member the rebuild did not change must be stored exactly as in the
+    verified input (local record, data and central entry but its offset) and
+    keep its RECORD row: that is the member pipfix already verified.  Every
+    member the rebuild wrote (changed modules, provenance, RECORD) is inflated
+    and checked: CRC, size, content, and its hash and size in the new RECORD.
+    RECORD must list every file and nothing else.  So each byte of the output
+    is verified, and the unchanged bulk is not inflated and hashed again.
+    """
+    wheel = expected.wheel
+    record_path = wheel.record_path
+    provenance_path = provenance.member_name(wheel.dist_info)
+    signatures = {f"{wheel.dist_info}/{name}" for name in record.SIGNATURE_NAMES}
+    changed = {change.path: change.after for change in expected.changes}
+    try:
+        archive = zipraw.read_archive(data)
+    except (zipraw.RawZipError, UnicodeDecodeError, struct.error) as exc:
+        raise VerificationError(path, f"rebuilt wheel is not a valid zip archive ({exc})") from None
+    order: list[str] = []
+    for member in wheel.archive.members:
+        if member.name == record_path:
+            order.append(provenance_path)
+        if member.name not in signatures:
+            order.append(member.name)
+    if [member.name for member in archive.members] != order or archive.comment != (
+        wheel.archive.comment
+    ):
+        raise VerificationError(path, "rebuilt wheel does not hold the input's members in order")
+    originals = {member.name: member for member in wheel.archive.members}
+    written: dict[str, bytes] = {}
+    for member in archive.members:
+        if member.name in changed or member.name in (record_path, provenance_path):
+            written[member.name] = _inflate(path, member)
+            continue
+        original = originals[member.name]
+        if (
+            member.local != original.local
+            or member.central[:42] != original.central[:42]
+            or member.central[46:] != original.central[46:]
+        ):
+            raise VerificationError(path, f"rebuilt wheel changed {member.name}")
+    if any(written[name] != after for name, after in changed.items()):
+        raise VerificationError(path, "rebuilt wheel does not hold the patched modules")
+    try:
+        found = provenance.Provenance.from_bytes(written[provenance_path])
+        entries = record.parse(written[record_path].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # RecordError is a ValueError
+        raise VerificationError(path, f"rebuilt wheel is inconsistent ({exc})") from None
+    if found != expected.provenance():
+        raise VerificationError(path, "rebuilt wheel's provenance does not describe its patch")
+    files = [name for name in order if not name.endswith("/") and name != record_path]
+    for name in files:
+        entry = entries.get(name)
+        if name in written:
+            payload = written[name]
+            if (
+                entry is None
+                or entry.hash_ is None
+                or entry.size != len(payload)
+                or not entry.hash_.validate(payload)
+            ):
+                raise VerificationError(path, f"{name} does not match its new RECORD row")
+        elif entry != wheel.records.get(name):
+            raise VerificationError(path, f"RECORD row of unchanged {name} changed")
+    for extra in sorted(set(entries) - set(files) - {record_path}):
+        if not extra.endswith("/"):
+            raise VerificationError(path, f"RECORD lists {extra}, which is not in the wheel")
 
 
 def verify_output(path: Path, data: bytes, expected: WheelPlan) -> None:
-    """Re-check a rebuilt wheel before it may replace anything.
+    """Re-check a rebuilt wheel, written at ``path``, before it may replace anything.
 
-    RECORD and every hash must verify (pipfix's reader and wheel's), the
-    provenance must be there, and every changed module must compile.
+    pipfix's reader verifies ``data`` (``verify_rebuilt``; skipped when
+    ``expected.build()`` returned it already verified, cached or checked for the
+    cache); the file must read back as exactly ``data``; wheel's reader checks
+    every member pipfix wrote against the new RECORD; every changed module must
+    compile.
     """
     from wheel.wheelfile import WheelError, WheelFile
 
-    output = wheelfile.verify(path, data)
-    if _existing_provenance(output) is None:
-        raise VerificationError(path, "rebuilt wheel lacks its provenance file")
+    if not (expected._built.verified and expected._built.data is data):
+        verify_rebuilt(path, data, expected)
     try:
+        if path.read_bytes() != data:
+            raise VerificationError(path, "written wheel does not read back identically")
         with WheelFile(path) as reader:
-            for info in reader.infolist():
-                if not info.is_dir():
-                    reader.read(info)
+            names = set(reader.namelist())
+            for name in (*(c.path for c in expected.changes), provenance.member_name(
+                expected.wheel.dist_info
+            )):
+                if name not in names:
+                    raise VerificationError(path, f"rebuilt wheel lacks {name}")
+                reader.read(name)
     except (WheelError, OSError) as exc:
         raise VerificationError(path, f"rebuilt wheel does not verify: {exc}") from None
     for change in expected.changes:
         try:
-            compile(output.contents[change.path], change.path, "exec", dont_inherit=True)
+            compile(change.after, change.path, "exec", dont_inherit=True)
         except (SyntaxError, ValueError) as exc:
-            raise VerificationError(path, f"patched {change.path} does not compile: {exc}") from None
+            raise VerificationError(
+                path, f"patched {change.path} does not compile: {exc}"
+            ) from None

@@ -7,9 +7,12 @@ files that changed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import hashlib
 import io
+import re
 from collections.abc import Iterable, Mapping
 
 from installer.records import Hash, InvalidRecordEntry, RecordEntry
@@ -17,7 +20,7 @@ from installer.utils import copyfileobj_with_hashing
 
 __all__ = [
     "ACCEPTED_HASHES", "SIGNATURE_NAMES", "RecordEntry", "RecordError",
-    "entry_for", "parse", "rewrite", "sha256_hex",
+    "entry_for", "matches", "parse", "rewrite", "sha256_hex",
 ]
 
 # PEP 427: sha256 or stronger; md5 and sha1 are refused.
@@ -25,18 +28,41 @@ ACCEPTED_HASHES = frozenset({"sha256", "sha384", "sha512"})
 SIGNATURE_NAMES = ("RECORD.jws", "RECORD.p7s")
 
 
+_DIGEST = re.compile(r"[A-Za-z0-9_-]+")
+_SIZE = re.compile(r"[0-9]+")
+
+
 class RecordError(ValueError):
     """RECORD cannot be parsed or does not meet the wheel spec."""
+
+
+def _digest_ok(hash_: Hash) -> bool:
+    """urlsafe base64 without padding, of the algorithm's digest size (what pip,
+    installer and wheel all decode; anything else makes one of them fail)."""
+    if not _DIGEST.fullmatch(hash_.value):
+        return False
+    try:
+        raw = base64.urlsafe_b64decode(hash_.value + "=" * (-len(hash_.value) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) == hashlib.new(hash_.name).digest_size
 
 
 def parse(text: str) -> dict[str, RecordEntry]:
     """Entries by path; malformed rows, duplicates and weak hashes are errors."""
     entries: dict[str, RecordEntry] = {}
-    for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
-        if not row:
-            continue
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:  # a NUL byte (Python < 3.11), a field over csv's size limit
+        raise RecordError(f"RECORD is not valid CSV ({exc})") from None
+    for number, row in enumerate(rows, start=1):
+        if not row:  # installer and pip fail on an empty row, so refuse it here
+            raise RecordError(f"RECORD row {number} is empty")
         if len(row) != 3:
             raise RecordError(f"RECORD row {number} has {len(row)} fields, expected 3")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in row[0]):
+            # Only a quoted field can hold a line break; rewrite() works line by line.
+            raise RecordError(f"RECORD row {number} has a control character in its path")
         try:
             entry = RecordEntry.from_elements(*row)
         except InvalidRecordEntry as exc:
@@ -46,10 +72,21 @@ def parse(text: str) -> dict[str, RecordEntry]:
                 f"RECORD row {number} uses {entry.hash_.name} for {entry.path}; "
                 "only sha256 or stronger is accepted"
             )
+        if entry.hash_ is not None and not _digest_ok(entry.hash_):
+            raise RecordError(f"RECORD row {number} has a malformed digest for {entry.path}")
+        if row[2] and not _SIZE.fullmatch(row[2]):
+            raise RecordError(f"RECORD row {number} has a malformed size for {entry.path}")
         if entry.path in entries:
             raise RecordError(f"RECORD lists {entry.path} twice")
         entries[entry.path] = entry
     return entries
+
+
+def matches(entry: RecordEntry, payload: bytes) -> bool:
+    """``payload`` has the entry's size and hash (installer 0.7 and 1.x alike)."""
+    if entry.size is not None and len(payload) != entry.size:
+        return False
+    return entry.hash_ is None or entry.hash_.validate(payload)
 
 
 def entry_for(path: str, payload: bytes) -> RecordEntry:

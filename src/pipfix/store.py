@@ -57,11 +57,17 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _ensure_dir(directory: Path) -> None:
+def _ensure_dir(directory: Path) -> bool:
+    """Create ``directory`` if needed; True when this call created it."""
+    if directory.is_dir():
+        return False
     try:
-        directory.mkdir(exist_ok=True)
+        directory.mkdir()
+    except FileExistsError:
+        return False
     except OSError as exc:
         raise PipfixError(directory, f"cannot create: {describe_os_error(exc)}") from None
+    return True
 
 
 def replace_atomically(
@@ -78,12 +84,15 @@ def replace_atomically(
     filesystem; it defaults to the ``.pipfix`` directory next to ``path``.
     """
     state = staging_root if staging_root is not None else state_dir_for(path)
-    _ensure_dir(state)
+    created = _ensure_dir(state)
     try:
         staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=state))
     except OSError as exc:
+        if created:
+            clean_state_dir(state)
         raise PipfixError(state, f"cannot write: {describe_os_error(exc)}") from None
     temporary = staging / path.name
+    replaced = False
     try:
         faults.step(f"write {temporary}")
         with temporary.open("xb") as handle:
@@ -96,11 +105,14 @@ def replace_atomically(
             verify(temporary)
         faults.step(f"rename over {path}")
         os.replace(temporary, path)
+        replaced = True
         fsync_directory(path.parent)
     except OSError as exc:
         raise PipfixError(path, f"cannot write: {describe_os_error(exc)}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not replaced:
+            clean_state_dir(state)  # a failed write leaves no empty state directory behind
 
 
 def ensure_backup(path: Path, original: bytes) -> Path:
@@ -117,6 +129,82 @@ def ensure_backup(path: Path, original: bytes) -> Path:
         return backup
     replace_atomically(backup, original, expect_sha256(expected))
     return backup
+
+
+class UndoLog:
+    """The originals of the files one run replaces, to put back if the run fails.
+
+    A command that changes several files (every ensurepip wheel, then the
+    installed distributions) calls ``keep_original`` before it writes anything
+    for a file -- its backup included. If the run then fails at any later point,
+    ``undo`` puts back every original byte for byte and removes the backups
+    the run created: "an error changes nothing", even for the files that had
+    already been written. (A kill cannot run ``undo``; there every file is
+    still either the original or the verified output, and a re-run converges.)
+    """
+
+    def __init__(self) -> None:
+        self._originals: list[tuple[Path, bytes, bool]] = []
+
+    def keep_original(self, path: Path, original: bytes) -> None:
+        self._originals.append((path, original, backup_path_for(path).exists()))
+
+    def undo(self) -> None:
+        """Put back every kept original; raise PipfixError naming what could not be."""
+        failures: list[PipfixError] = []
+        for path, original, had_backup in reversed(self._originals):
+            expected = hashlib.sha256(original).hexdigest()
+            backup = backup_path_for(path)
+            try:
+                if not path.is_file() or sha256_file(path) != expected:
+                    _put_back(path, original, expected, backup, had_backup)
+                if not had_backup:
+                    with contextlib.suppress(FileNotFoundError):
+                        backup.unlink()
+                    clean_state_dir(backup.parent)
+            except PipfixError as exc:
+                failures.append(exc)
+            except OSError as exc:
+                failures.append(PipfixError(path, f"cannot put back: {describe_os_error(exc)}"))
+        self._originals.clear()
+        if failures:
+            raise failures[0]
+
+
+def _put_back(path: Path, original: bytes, expected: str, backup: Path, had_backup: bool) -> None:
+    """Put ``original`` back at ``path``, from its backup when it can: a rename needs no
+    free space, and the run may be failing because the disk is full."""
+    if backup.is_file() and sha256_file(backup) == expected:
+        if not had_backup:
+            faults.step(f"put back {path}")
+            os.replace(backup, path)  # the backup this run made goes back where it came from
+            fsync_directory(path.parent)
+            return
+        link = backup.with_name(backup.name + ".undo")
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        try:
+            os.link(backup, link)
+        except OSError:
+            pass
+        else:
+            faults.step(f"put back {path}")
+            os.replace(link, path)
+            fsync_directory(path.parent)
+            return
+    replace_atomically(path, original, expect_sha256(expected))
+
+
+@contextlib.contextmanager
+def undo_on_failure() -> Iterator[UndoLog]:
+    """An ``UndoLog`` whose ``undo`` runs if the block raises (the error is kept)."""
+    log = UndoLog()
+    try:
+        yield log
+    except BaseException:
+        with contextlib.suppress(PipfixError):
+            log.undo()
+        raise
 
 
 def expect_sha256(expected: str) -> Callable[[Path], None]:
@@ -181,7 +269,9 @@ def _acquire(fd: int, lock_file: Path, timeout: float) -> None:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise PipfixError(lock_file, f"cannot lock: {describe_os_error(exc)}") from None
         if time.monotonic() >= deadline:
-            raise LockBusyError(lock_file, f"another pipfix run holds the lock (waited {timeout:g} s)")
+            raise LockBusyError(
+                lock_file, f"another pipfix run holds the lock (waited {timeout:g} s)"
+            )
         if not announced:
             print(f"pipfix: waiting for another run to release {lock_file}", file=sys.stderr)
             announced = True

@@ -18,13 +18,14 @@ file back byte for byte, removing the files the swap added.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import faults, store
 from .errors import PipfixError, describe_os_error
@@ -62,21 +63,40 @@ def _write_json(path: Path, payload: object, state_dir: Path) -> None:
 
 
 def _backup_file(path: Path, backup: Path) -> None:
+    """Keep the bytes of ``path`` at ``backup``: a hard link, else a verified copy.
+
+    A file already at ``backup`` is left over by a run killed before its
+    manifest listed it (it backs up nothing yet): it is replaced. Linking it
+    again would fail, and copying over a link to ``path`` itself would raise
+    SameFileError -- a re-run that could never converge.
+    """
     backup.parent.mkdir(parents=True, exist_ok=True)
     faults.step(f"backup {path}")
+    if backup.exists() or backup.is_symlink():
+        backup.unlink()
     try:
         os.link(path, backup)
     except OSError:
-        shutil.copy2(path, backup)
-        with backup.open("rb") as handle:
+        # No hard links here (another filesystem, an immutable file): copy, via a
+        # temporary name so that a kill never leaves half a backup under its name.
+        partial = backup.with_name(backup.name + ".partial")
+        shutil.copy2(path, partial)
+        with partial.open("rb") as handle:
             os.fsync(handle.fileno())
+        os.replace(partial, backup)
 
 
 def prepare(state_dir: Path, key: str, operations: list[Operation]) -> Path:
     """Back up what the operations touch and write the restore manifest (steps 2)."""
     install_dir = state_dir / INSTALLS / key
     files_dir = install_dir / "files"
-    entries = _read_manifest(install_dir)["entries"] if (install_dir / MANIFEST).is_file() else []
+    if (install_dir / MANIFEST).is_file():
+        entries = _read_manifest(install_dir)["entries"]
+    else:
+        entries = []
+        # Backups without a manifest belong to a run killed before it wrote one,
+        # hence before its journal: nothing was swapped, they back up nothing.
+        shutil.rmtree(files_dir, ignore_errors=True)
     # A path backed up by an earlier swap keeps that backup: it holds the original.
     known = {entry["path"] for entry in entries}
     for operation in operations:
@@ -109,11 +129,25 @@ def prepare(state_dir: Path, key: str, operations: list[Operation]) -> Path:
     return install_dir
 
 
+def _install_for(state_dir: Path, operations: list[Operation]) -> str | None:
+    """The restore manifest (its directory name) that backs up every path of a swap."""
+    wanted = {_relative(o.path, state_dir) for o in operations}
+    for manifest in sorted((state_dir / INSTALLS).glob(f"*/{MANIFEST}")):
+        try:
+            entries = _read_manifest(manifest.parent)["entries"]
+        except PipfixError:
+            continue
+        if wanted <= {entry["path"] for entry in entries}:
+            return manifest.parent.name
+    return None
+
+
 def run(state_dir: Path, operations: list[Operation], stage: Path) -> None:
     """Write the journal and carry it out (steps 3 to 5)."""
     _write_json(
         state_dir / JOURNAL,
         {
+            "install": _install_for(state_dir, operations),
             "stage": _relative(stage, state_dir),
             "operations": [
                 {
@@ -152,16 +186,71 @@ def complete(state_dir: Path) -> bool:
                 faults.step(f"remove {path}")
                 path.unlink()
         except OSError as exc:
-            raise PipfixError(path, f"cannot complete the swap: {describe_os_error(exc)}") from None
+            _give_up(state_dir, journal, path, describe_os_error(exc))
         touched.add(path.parent)
     for directory in sorted(touched):
         if directory.exists():
             store.fsync_directory(directory)
+    _finish(state_dir)
+    return True
+
+
+def _finish(state_dir: Path) -> None:
     faults.step("remove journal")
-    journal_path.unlink()
+    (state_dir / JOURNAL).unlink()
     store.fsync_directory(state_dir)
     _discard_stages(state_dir)
-    return True
+
+
+def _give_up(state_dir: Path, journal: dict[str, Any], path: Path, reason: str) -> NoReturn:
+    """A step of the swap failed for good (a file that cannot be replaced, another
+    filesystem): roll every step done so far back from the backups, so that the
+    installation is exactly as before, then say so."""
+    try:
+        _roll_back(state_dir, journal)
+    except (PipfixError, OSError) as exc:
+        # Half rolled back: each file is still either the original or the new one,
+        # and the manifest holds every original; the journal must go, so that
+        # ``restore`` (which completes journals first) can put them back.
+        _finish(state_dir)
+        raise PipfixError(
+            path, f"cannot replace: {reason}; rolling back failed too ({exc}); "
+            "run 'pipfix restore' to put the originals back"
+        ) from None
+    _finish(state_dir)
+    raise PipfixError(path, f"cannot replace: {reason}; rolled back, no installed file changed")
+
+
+def _roll_back(state_dir: Path, journal: dict[str, Any]) -> None:
+    """Undo the journal's steps that were done, from the manifest's backups."""
+    key = journal.get("install")
+    if not key:
+        raise PipfixError(state_dir / JOURNAL, "names no restore manifest")
+    install_dir = state_dir / INSTALLS / str(key)
+    entries = {entry["path"]: entry for entry in _read_manifest(install_dir)["entries"]}
+    for item in reversed(journal["operations"]):
+        path = _absolute(item["path"], state_dir)
+        if item["op"] == "replace":
+            staged = _absolute(item["staged"], state_dir) if item.get("staged") else None
+            done = staged is not None and not staged.exists()
+        else:
+            done = not (path.exists() or path.is_symlink())
+        if not done:
+            continue
+        entry = entries[item["path"]]
+        if entry["backup"] is None:
+            if path.exists() or path.is_symlink():
+                faults.step(f"roll back {path}")
+                path.unlink()
+            continue
+        backup = install_dir / entry["backup"]
+        if _sha256(backup) != entry["sha256"]:
+            raise PipfixError(backup, "backup is altered")
+        faults.step(f"roll back {path}")
+        store.replace_atomically(
+            path, backup.read_bytes(), store.expect_sha256(entry["sha256"]), staging_root=state_dir
+        )
+        os.chmod(path, entry["mode"])
 
 
 def _discard_stages(state_dir: Path) -> None:
@@ -176,10 +265,8 @@ def _prune_created(directories: list[Path]) -> None:
         cache = directory / "__pycache__"
         if cache.is_dir() and not any(cache.iterdir()):
             cache.rmdir()
-        try:
+        with contextlib.suppress(OSError):  # not empty: something else was put there since
             directory.rmdir()
-        except OSError:
-            pass  # not empty: something else was put there since
 
 
 def _read_manifest(install_dir: Path) -> dict[str, Any]:
@@ -191,14 +278,26 @@ def _read_manifest(install_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def check_backups(state_dir: Path) -> None:
+    """Every backup of every restore manifest is there, with its recorded sha256.
+
+    ``restore`` refuses (and changes nothing) otherwise: a missing or altered
+    backup is never guessed at. Call it before restoring anything else, so that
+    one bad backup does not leave a restore half done.
+    """
+    for manifest in sorted((state_dir / INSTALLS).glob(f"*/{MANIFEST}")):
+        install_dir = manifest.parent
+        for entry in _read_manifest(install_dir)["entries"]:
+            if entry["backup"] is not None:
+                backup = install_dir / entry["backup"]
+                if not backup.is_file() or _sha256(backup) != entry["sha256"]:
+                    raise PipfixError(backup, "backup is missing or altered; refusing to restore")
+
+
 def restore(state_dir: Path, install_dir: Path) -> list[str]:
     """Put back every file of the manifest byte for byte; remove what the swap added."""
     manifest = _read_manifest(install_dir)
-    for entry in manifest["entries"]:
-        if entry["backup"] is not None:
-            backup = install_dir / entry["backup"]
-            if not backup.is_file() or _sha256(backup) != entry["sha256"]:
-                raise PipfixError(backup, "backup is missing or altered; refusing to restore")
+    check_backups(state_dir)  # all of them: the other manifests are restored next
     restored = []
     for entry in manifest["entries"]:
         path = _absolute(str(entry["path"]), state_dir)
@@ -221,6 +320,10 @@ def restore(state_dir: Path, install_dir: Path) -> list[str]:
             os.chmod(path, entry["mode"])
         restored.append(str(path))
     _prune_created([_absolute(str(d), state_dir) for d in manifest.get("created_dirs", [])])
+    # The manifest goes first: once it is gone the restore is done, and a kill while
+    # the backups are removed leaves only unlisted files (which ``prepare`` discards).
     faults.step(f"remove backups {install_dir}")
+    (install_dir / MANIFEST).unlink()
+    store.fsync_directory(install_dir)
     shutil.rmtree(install_dir)
     return restored

@@ -6,6 +6,14 @@ change byte for byte (local header, compressed data, data descriptor and
 central directory entry), so this module reads and writes the records
 themselves. Only what wheels need is supported: no ZIP64, no encryption,
 no multi-disk archives; anything else is refused by the reader upstream.
+
+The reader is strict about layout, so that the bytes it verifies are the
+bytes every other zip reader sees and the bytes a rebuild copies: the central
+directory ends where the end record starts, nothing follows the end record,
+member records neither overlap each other nor the central directory, and a
+local header names the same member as its central entry. ``read_payload``
+decompresses with the declared size as a hard limit (a zip bomb costs at
+most what it declares) and checks that the data ends exactly there.
 """
 
 from __future__ import annotations
@@ -57,6 +65,17 @@ class RawMember:
     def mode(self) -> int:
         return (self.external_attr >> 16) & 0xFFFF
 
+    @property
+    def offset(self) -> int:
+        """Where the local header starts in the archive read (stored entries only)."""
+        return int(struct.unpack_from("<L", self.central, 42)[0]) if self.central else 0
+
+    @property
+    def data_start(self) -> int:
+        """Where the compressed data starts within ``local``."""
+        name_len, extra_len = struct.unpack_from("<2H", self.local, 26)
+        return int(_LOCAL.size + name_len + extra_len)
+
 
 @dataclass(frozen=True)
 class RawArchive:
@@ -71,13 +90,15 @@ def _find_eocd(data: bytes) -> int:
     return start
 
 
-def _local_span(data: bytes, offset: int, central: tuple[int, ...]) -> bytes:
+def _local_span(data: bytes, offset: int, central: tuple[int, ...], name: bytes) -> bytes:
     header = data[offset : offset + _LOCAL.size]
     if len(header) < _LOCAL.size:
         raise RawZipError("local header past end of file")
     sig, _ver, flags, _m, _t, _d, _crc, _cs, _us, name_len, extra_len = _LOCAL.unpack(header)
     if sig != _LOCAL_SIG:
         raise RawZipError("bad local header signature")
+    if data[offset + _LOCAL.size : offset + _LOCAL.size + name_len] != name:
+        raise RawZipError(f"local header of {name!r} names another member")
     compressed_size = central[8]
     end = offset + _LOCAL.size + name_len + extra_len + compressed_size
     if flags & _FLAG_DATA_DESCRIPTOR:
@@ -85,6 +106,14 @@ def _local_span(data: bytes, offset: int, central: tuple[int, ...]) -> bytes:
     if end > len(data):
         raise RawZipError("member data past end of file")
     return data[offset:end]
+
+
+def _decode_name(raw: bytes, flags: int) -> str:
+    """The member name; bytes that are not UTF-8 stay as surrogate escapes, for the
+    caller to refuse by name (``wheelfile`` does)."""
+    if flags & _FLAG_UTF8:
+        return raw.decode("utf-8", "surrogateescape")
+    return raw.decode("cp437")
 
 
 def read_archive(data: bytes) -> RawArchive:
@@ -95,6 +124,10 @@ def read_archive(data: bytes) -> RawArchive:
     )
     if disk or cd_disk or n_disk != n_total or n_total == 0xFFFF or cd_offset == 0xFFFFFFFF:
         raise RawZipError("multi-disk or ZIP64 archives are not supported")
+    if eocd_at + _EOCD.size + comment_len != len(data):
+        raise RawZipError("data after the end of central directory record")
+    if cd_offset + cd_size != eocd_at:
+        raise RawZipError("central directory does not end where its end record starts")
     comment = data[eocd_at + _EOCD.size : eocd_at + _EOCD.size + comment_len]
     members = []
     pos = cd_offset
@@ -107,8 +140,10 @@ def read_archive(data: bytes) -> RawArchive:
         end = pos + _CENTRAL.size + name_len + extra_len + comment_len2
         name_bytes = data[pos + _CENTRAL.size : pos + _CENTRAL.size + name_len]
         extra = data[pos + _CENTRAL.size + name_len : pos + _CENTRAL.size + name_len + extra_len]
+        if end > cd_offset + cd_size:
+            raise RawZipError("central directory entry past its end")
         flags = fields[3]
-        name = name_bytes.decode("utf-8" if flags & _FLAG_UTF8 else "cp437")
+        name = _decode_name(name_bytes, flags)
         members.append(
             RawMember(
                 name=name,
@@ -126,11 +161,58 @@ def read_archive(data: bytes) -> RawArchive:
                 extra=extra,
                 comment=data[end - comment_len2 : end],
                 central=data[pos:end],
-                local=_local_span(data, fields[16], fields),
+                local=_local_span(data, fields[16], fields, name_bytes),
             )
         )
         pos = end
+    if pos != cd_offset + cd_size:
+        raise RawZipError("central directory holds more than its entries")
+    _check_layout(members, cd_offset)
     return RawArchive(tuple(members), comment)
+
+
+def _check_layout(members: list[RawMember], cd_offset: int) -> None:
+    """Member records must not overlap (one record read as several members is the
+    trick of overlapping zip bombs) nor run into the central directory."""
+    spans = sorted((m.offset, m.offset + len(m.local), m.name) for m in members)
+    for (_start, end, name), (next_start, _end, next_name) in zip(spans, spans[1:]):
+        if end > next_start:
+            raise RawZipError(f"members {name!r} and {next_name!r} overlap")
+    if spans and spans[-1][1] > cd_offset:
+        raise RawZipError(f"member {spans[-1][2]!r} runs into the central directory")
+
+
+def read_payload(member: RawMember) -> bytes:
+    """The member's uncompressed bytes, checked against its declared size and CRC-32.
+
+    Decompression stops one byte past the declared size, so memory and time are
+    bounded by what the central directory declares, whatever the data says.
+    """
+    start = member.data_start
+    raw = member.local[start : start + member.compressed_size]
+    if len(raw) != member.compressed_size:
+        raise RawZipError("has less data than its compressed size")
+    if member.method == STORED:
+        payload = raw
+    elif member.method == DEFLATED:
+        decompressor = zlib.decompressobj(-15)
+        try:
+            payload = decompressor.decompress(raw, member.size + 1)
+        except zlib.error as exc:
+            raise RawZipError(f"has corrupt compressed data ({exc})") from None
+        if len(payload) > member.size:
+            raise RawZipError(f"expands beyond its declared size of {member.size} bytes")
+        if not decompressor.eof:
+            raise RawZipError("has truncated compressed data")
+        if decompressor.unused_data:
+            raise RawZipError("has data after its compressed stream")
+    else:
+        raise RawZipError(f"uses unsupported compression {member.method}")
+    if len(payload) != member.size:
+        raise RawZipError(f"is {len(payload)} bytes, not its declared {member.size}")
+    if zlib.crc32(payload) != member.crc:
+        raise RawZipError("fails its CRC-32 check")
+    return payload
 
 
 def _without_zip64(extra: bytes) -> bytes:

@@ -6,6 +6,8 @@ Interface used by the rest of pipfix (implementation: see the modules here):
 * ``transform_source(path: str, source: bytes) -> SourceResult``: parse with libcst
   (imported lazily), apply every codemod, return the new bytes, the ids of the
   codemods that changed something, and the shapes that could not be guarded.
+  Files that ``ast`` proves out of every codemod's scope (``screen``) are
+  returned unchanged without importing libcst.
 * ``all_codemods() -> tuple[CodemodInfo, ...]``: id, why and upstream references.
 """
 
@@ -26,9 +28,16 @@ __all__ = [
 
 def transform_source(path: str, source: bytes) -> SourceResult:
     """Apply every codemod to ``source``; ``path`` only labels Unpatchable reports."""
+    if not could_need_change(source):
+        return SourceResult(source, (), ())
+    from .screen import codemods_in_scope
+
+    in_scope = codemods_in_scope(source)
+    if not in_scope:
+        return SourceResult(source, (), ())
     from .engine import transform_source as transform
 
-    return transform(path, source)
+    return transform(path, source, in_scope)
 
 
 def all_codemods() -> tuple[CodemodInfo, ...]:

@@ -28,6 +28,7 @@ from .helpers import (
     return_none,
 )
 from .model import CodemodInfo
+from .screen import LOADERS, STAR_NAMES
 
 INFO = CodemodInfo(
     id="dlopen-self",
@@ -36,11 +37,10 @@ INFO = CodemodInfo(
     upstream=("pypa/pip#12716", "pypa/packaging#294"),
 )
 
-_LOADERS = frozenset(
-    {"ctypes.CDLL", "ctypes.PyDLL", "ctypes.cdll.LoadLibrary", "ctypes.pydll.LoadLibrary"}
-)
-# What ``from ctypes import *`` binds among the names we care about.
-_STAR_NAMES = ("CDLL", "PyDLL", "cdll", "pydll")
+# The loaders, and what ``from ctypes import *`` binds among them: shared with
+# ``screen``, which must reach the same verdict without libcst.
+_LOADERS = LOADERS
+_STAR_NAMES = STAR_NAMES
 
 
 def applies_to(source: bytes) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Collection
 from typing import Protocol
 
 import libcst as cst
@@ -11,6 +12,7 @@ from . import ctypes_import, dlopen_self
 from .helpers import Outcome
 from .model import CodemodInfo, SourceResult, Unpatchable
 from .prefilter import could_need_change
+from .screen import codemods_in_scope
 
 
 class Codemod(Protocol):
@@ -30,9 +32,19 @@ class Codemod(Protocol):
 REGISTRY: tuple[Codemod, ...] = (dlopen_self, ctypes_import)
 
 
-def transform_source(path: str, source: bytes) -> SourceResult:
-    """Parse ``source`` once, run every applicable codemod, keep bytes otherwise intact."""
+def transform_source(
+    path: str, source: bytes, in_scope: Collection[str] | None = None
+) -> SourceResult:
+    """Parse ``source`` once, run every applicable codemod, keep bytes otherwise intact.
+
+    ``in_scope``: the ids ``screen.codemods_in_scope`` returned for ``source``
+    (computed here when not given); the others would change and report nothing.
+    """
     if not could_need_change(source):
+        return SourceResult(source, (), ())
+    if in_scope is None:
+        in_scope = codemods_in_scope(source)
+    if not in_scope:
         return SourceResult(source, (), ())
     try:
         original = cst.parse_module(source)
@@ -42,7 +54,7 @@ def transform_source(path: str, source: bytes) -> SourceResult:
     applied: list[str] = []
     unpatchable: list[Unpatchable] = []
     for codemod in REGISTRY:
-        if not codemod.applies_to(source):
+        if codemod.INFO.id not in in_scope or not codemod.applies_to(source):
             continue
         outcome = codemod.run(module, source)
         if outcome.problems and module is not original:

@@ -17,6 +17,8 @@ from typing import Union
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
+from .screen import is_ctypes as is_ctypes  # shared with the ast screen
+
 OSERROR_CATCHERS = frozenset(
     {"OSError", "IOError", "EnvironmentError", "Exception", "BaseException"}
 )
@@ -254,11 +256,6 @@ def import_bindings(node: cst.Import | cst.ImportFrom) -> list[tuple[str, str]]:
             local = alias.asname.name.value
         bindings.append((local, f"{module}.{name}"))
     return bindings
-
-
-def is_ctypes(dotted: str) -> bool:
-    """True for ``ctypes`` and anything inside it (importing any of it runs ctypes)."""
-    return dotted == "ctypes" or dotted.startswith("ctypes.")
 
 
 def _comma() -> cst.Comma:

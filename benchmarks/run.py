@@ -1,0 +1,627 @@
+#!/usr/bin/env python3
+"""pipfix against the alternatives it replaces, on the pinned upstream wheels.
+
+    python benchmarks/run.py              # 5 repetitions, prints a markdown table
+    python benchmarks/run.py --repeat 9   # more repetitions
+    python benchmarks/run.py --quick      # one repetition, fewer wheels: a smoke run
+
+Every command runs as a whole process, as a user or a build step runs it, and
+pipfix and each alternative take turns on the same input (the order flips
+every repetition), so a busy machine slows both alike.  The table gives the
+median wall time of each side and their ratio (pipfix / alternative); the CPU
+ratio (user + system time of the process tree) is less sensitive to load.
+
+The alternatives are scripted faithfully:
+
+* the shell hack python-build-standalone used: ``unzip``, ``sed`` the same
+  guards into the files pipfix changes, ``zip -r`` (RECORD is left stale);
+* ``python -m wheel unpack``, the same ``sed``, ``python -m wheel pack``
+  (RECORD regenerated);
+* ``pip install --force-reinstall --no-deps`` of the patched pip wheel into a
+  venv, against ``pipfix apply`` on a prefix made by the real ensurepip.
+
+pipfix runs from this checkout (``PYTHONPATH=src``) with the interpreter
+running this script, which needs pipfix's dependencies (``pip install .``);
+pip runs with ``PIP_CONFIG_FILE=/dev/null`` and ``PIP_NO_INDEX=1``; the pipfix
+cache lives in a temporary ``XDG_CACHE_HOME`` (cold rows run with the cache
+disabled).  Needs bash, sed, zip and unzip (``apt-get install zip unzip``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+TESTS = ROOT / "tests"
+FETCH = ROOT / "vendored_wheels" / "fetch.py"
+ONE_WHEEL = "pip-23.2.1-py3-none-any.whl"
+QUICK_WHEELS = 4
+
+# The guards pipfix's codemods add, as sed expressions: ImportError handlers
+# also catch OSError, and ``x = ctypes.CDLL(None)`` is wrapped in try/except.
+SED_GUARDS = (
+    r"-e 's/except ImportError:/except (ImportError, OSError):/' "
+    r"-e 's/^\( *\)\([A-Za-z_][A-Za-z_0-9]*\) = ctypes\.CDLL(None)$/"
+    r"\1try:\n\1    \2 = ctypes.CDLL(None)\n\1except OSError:\n\1    return None/'"
+)
+
+TARGETS = {  # case id: (kind, limit, text)
+    "one-hack": ("ratio", 0.80, "≤ 0.80"),
+    "one-wheel": ("ratio", 0.55, "≤ 0.55"),
+    "all-hack": ("ratio", 0.25, "≤ 0.25"),
+    "apply-pip": ("ratio", 0.30, "≤ 0.30"),
+    "noop-check": ("seconds", 0.20, "≤ 0.20 s"),
+    "noop-apply": ("seconds", 0.20, "≤ 0.20 s"),
+}
+RSS_LIMIT_MIB = 80
+TIMES = "\u00d7"  # the multiplication sign of ratios
+
+
+class BenchmarkError(Exception):
+    """The benchmark cannot run here (missing tool or dependency) or a command failed."""
+
+
+# --- processes --------------------------------------------------------------------------
+
+
+def base_environment(work: Path) -> dict[str, str]:
+    """Like the test suite's clean_env: no user pip/Python configuration leaks in."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))
+    }
+    env.update(
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_NO_INDEX="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_NO_INPUT="1",
+        PIP_NO_CACHE_DIR="1",
+        PYTHONNOUSERSITE="1",
+        LC_ALL="C",
+        XDG_CACHE_HOME=str(work / "cache-warm"),
+    )
+    return env
+
+
+@dataclass
+class Command:
+    """One contender of a case: what runs, how to reset its inputs, what exit is fine."""
+
+    label: str
+    argv: list[str]
+    env: dict[str, str]
+    prepare: Callable[[], None] = lambda: None
+    ok: tuple[int, ...] = (0,)
+    walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+
+    def run(self, record: bool = True) -> None:
+        self.prepare()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        result = subprocess.run(self.argv, env=self.env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if result.returncode not in self.ok:
+            raise BenchmarkError(
+                f"{self.label}: exit {result.returncode}\n$ {shlex.join(self.argv)}\n"
+                f"{result.stdout[-2000:]}{result.stderr[-2000:]}"
+            )
+        if record:
+            self.walls.append(wall)
+            self.cpus.append(
+                after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+            )
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(self.walls)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpus)
+
+
+@dataclass
+class Case:
+    """pipfix against zero or more alternatives on the same input."""
+
+    id: str
+    title: str
+    pipfix: Command
+    alternatives: list[tuple[str, Command]] = field(default_factory=list)  # (target id, cmd)
+    note: str = ""
+
+
+def check_output(argv: Sequence[str], env: dict[str, str], what: str) -> str:
+    result = subprocess.run(list(argv), env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchmarkError(f"{what} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def fresh_dir(path: Path) -> Callable[[], None]:
+    def prepare() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+
+    return prepare
+
+
+def absent(path: Path) -> Callable[[], None]:
+    def prepare() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    return prepare
+
+
+def both(*steps: Callable[[], None]) -> Callable[[], None]:
+    def prepare() -> None:
+        for step in steps:
+            step()
+
+    return prepare
+
+
+def load_module(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise BenchmarkError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- the benchmark ----------------------------------------------------------------------
+
+
+class Benchmark:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.python = sys.executable
+        self.env = base_environment(work)
+        self.pipfix_env = dict(self.env, PYTHONPATH=str(SRC))
+        self.notes: list[str] = []
+        self.cases: list[Case] = []
+        self.extra: dict[str, Any] = {}
+        self.no_cache_flag = False
+
+    # setup (never timed)
+
+    def log(self, message: str) -> None:
+        if not self.args.silent_progress:
+            print(f"[setup] {message}", file=sys.stderr, flush=True)
+
+    def pipfix(self, *args: str) -> list[str]:
+        return [self.python, "-m", "pipfix", *args]
+
+    def check_requirements(self) -> dict[str, bool]:
+        code = "import pipfix, libcst, wheel, installer, packaging; print(pipfix.__file__)"
+        try:
+            where = check_output([self.python, "-c", code], self.pipfix_env, "import pipfix")
+        except BenchmarkError as exc:
+            raise BenchmarkError(
+                f"{exc}\npipfix's dependencies are missing for {self.python}: "
+                "run 'python3 -m pip install .' in the checkout first"
+            ) from None
+        self.extra["pipfix_module"] = where.strip()
+        tools = {tool: shutil.which(tool) is not None for tool in ("bash", "sed", "zip", "unzip")}
+        if not all(tools.values()):
+            missing = " ".join(t for t, ok in tools.items() if not ok)
+            self.notes.append(
+                f"missing {missing}: the shell-hack and wheel comparisons are skipped "
+                "(install them, e.g. 'apt-get install zip unzip')"
+            )
+        help_text = check_output(self.pipfix("patch-wheel", "--help"), self.pipfix_env, "pipfix")
+        self.no_cache_flag = "--no-cache" in help_text
+        if not self.no_cache_flag:
+            self.notes.append(
+                "this pipfix's CLI has no --no-cache: cold rows use an empty cache "
+                "directory, warm-cache rows are skipped"
+            )
+        return tools
+
+    def wheels(self) -> list[Path]:
+        fetch = load_module("vendored_fetch", FETCH)
+        self.log("pinned wheels (vendored_wheels/fetch.py)")
+        paths = sorted(fetch.fetch_all(), key=lambda p: (p.name.split("-")[0], p.name))
+        return list(paths)
+
+    def cold(self, argv: list[str], label: str, prepare: Callable[[], None]) -> Command:
+        """A pipfix command that must not use a cache entry."""
+        cache = self.work / "cache-cold"
+        if self.no_cache_flag:
+            return Command(label, [*argv, "--no-cache"], self.pipfix_env, prepare)
+        env = dict(self.pipfix_env, XDG_CACHE_HOME=str(cache))
+        return Command(label, argv, env, both(absent(cache), prepare))
+
+    def changed_files(self, wheels: list[Path]) -> dict[str, list[str]]:
+        """What pipfix changes in each wheel: the files the hack edits too."""
+        out = self.work / "planned"
+        out.mkdir()
+        report = json.loads(
+            check_output(
+                self.pipfix("patch-wheel", *map(str, wheels), "-o", str(out), "--json"),
+                dict(self.pipfix_env, XDG_CACHE_HOME=str(self.work / "cache-setup")),
+                "pipfix patch-wheel (setup)",
+            )
+        )
+        return {Path(w["path"]).name: list(w["changed_files"]) for w in report["wheels"]}
+
+    def hack_script(self, jobs: list[tuple[Path, list[str]]], out_dir: Path, work: Path) -> Path:
+        """The shell hack, once per wheel: unzip, sed the guards in, zip -r."""
+        lines = ["set -eu"]
+        for index, (wheel, files) in enumerate(jobs):
+            unpacked = work / str(index)
+            edits = " ".join(shlex.quote(f) for f in files)
+            lines += [
+                f"mkdir -p {shlex.quote(str(unpacked))} && cd {shlex.quote(str(unpacked))}",
+                f"unzip -q {shlex.quote(str(wheel))}",
+                f"sed -i {SED_GUARDS} {edits}" if files else ":",
+                f"zip -q -r {shlex.quote(str(out_dir / wheel.name))} .",
+            ]
+        script = self.work / f"hack-{len(jobs)}.sh"
+        script.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return script
+
+    def wheel_script(self, wheel: Path, files: list[str], out_dir: Path, work: Path) -> Path:
+        """wheel unpack, the same sed, wheel pack (RECORD regenerated)."""
+        py = shlex.quote(self.python)
+        unpacked = shlex.quote(str(work / "-".join(wheel.name.split("-")[:2])))
+        edits = " ".join(shlex.quote(f) for f in files)
+        script = self.work / "wheel-unpack-pack.sh"
+        script.write_text(
+            "set -eu\n"
+            f"{py} -m wheel unpack -d {shlex.quote(str(work))} {shlex.quote(str(wheel))}\n"
+            f"cd {unpacked}\n"
+            f"sed -i {SED_GUARDS} {edits}\n"
+            f"{py} -m wheel pack -d {shlex.quote(str(out_dir))} .\n",
+            encoding="utf-8",
+        )
+        return script
+
+    def make_prefix(self) -> Path | None:
+        """A standalone-like prefix whose pip and setuptools the real ensurepip installed."""
+        sys.path.insert(0, str(TESTS))  # standalone.py imports its neighbours
+        try:
+            standalone = importlib.import_module("standalone")
+        except ImportError as exc:
+            self.notes.append(f"apply rows skipped: tests/standalone.py unavailable ({exc})")
+            return None
+        finally:
+            sys.path.remove(str(TESTS))
+        template = self.work / "prefix-template"
+        self.log("prefix from this interpreter + python -m ensurepip")
+        python = standalone.make_standalone_prefix(Path(self.python), template, None)
+        result = subprocess.run(
+            [str(python), "-m", "ensurepip", "--default-pip"],
+            env=self.env, capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            self.notes.append(f"apply rows skipped: ensurepip failed: {result.stderr[-300:]}")
+            return None
+        return template
+
+    def make_venv(self) -> Path | None:
+        venv = self.work / "venv"
+        self.log("venv for pip --force-reinstall (python -m venv)")
+        result = subprocess.run(
+            [self.python, "-m", "venv", str(venv)], env=self.env, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            self.notes.append(f"pip comparison skipped: python -m venv failed: {result.stderr}")
+            return None
+        return venv
+
+    def copy_of(self, template: Path, dest: Path) -> Callable[[], None]:
+        def prepare() -> None:
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(template, dest, symlinks=True)
+
+        return prepare
+
+    def setup(self) -> None:
+        tools = self.check_requirements()
+        wheels = self.wheels()
+        by_name = {w.name: w for w in wheels}
+        if ONE_WHEEL not in by_name:
+            raise BenchmarkError(f"{ONE_WHEEL} is not in vendored_wheels/manifest.txt")
+        one = by_name[ONE_WHEEL]
+        batch = wheels[:QUICK_WHEELS] if self.args.quick else wheels
+        self.log("what pipfix changes in each wheel")
+        changes = self.changed_files(wheels)
+        hack_ok = all(tools.values())
+        w = self.work
+
+        # 1. One wheel, cold process.
+        one_out = w / "out-one"
+        case = Case(
+            "one",
+            f"one wheel ({one.name.split('-py')[0]}), cold process, cache disabled",
+            self.cold(self.pipfix("patch-wheel", str(one), "-o", str(one_out), "-q"),
+                      "pipfix patch-wheel", fresh_dir(one_out)),
+        )
+        if hack_ok:
+            hack_out = w / "out-hack-one"
+            script = self.hack_script([(one, changes[one.name])], hack_out, w / "hack-one")
+            case.alternatives.append((
+                "one-hack",
+                Command("shell hack: unzip, sed, zip -r", ["bash", str(script)], self.env,
+                        both(fresh_dir(hack_out), absent(w / "hack-one"))),
+            ))
+            wheel_out = w / "out-wheel-one"
+            script = self.wheel_script(one, changes[one.name], wheel_out, w / "wheel-one")
+            case.alternatives.append((
+                "one-wheel",
+                Command("python -m wheel unpack, sed, python -m wheel pack", ["bash", str(script)],
+                        self.env, both(fresh_dir(wheel_out), fresh_dir(w / "wheel-one"))),
+            ))
+        self.cases.append(case)
+
+        # 2. The same, the patched output already in the cache.
+        if self.no_cache_flag:
+            warm_out = w / "out-warm"
+            warm = Command("pipfix patch-wheel (cache hit)",
+                           self.pipfix("patch-wheel", str(one), "-o", str(warm_out), "-q"),
+                           self.pipfix_env, fresh_dir(warm_out))
+            warm.run(record=False)  # fills the cache
+            case = Case("warm", "one wheel, cache hit (same input seen before)", warm)
+            if hack_ok:
+                case.alternatives.append(("", self.cases[0].alternatives[0][1]))
+            self.cases.append(case)
+
+        # 3. All pinned wheels in one call, against the hack once per wheel.
+        all_out = w / "out-all"
+        case = Case(
+            "all",
+            f"{len(batch)} pinned pip/setuptools wheels, one pipfix call, cache disabled",
+            self.cold(self.pipfix("patch-wheel", *map(str, batch), "-o", str(all_out), "-q"),
+                      "pipfix patch-wheel (all)", fresh_dir(all_out)),
+        )
+        if hack_ok:
+            hack_out = w / "out-hack-all"
+            script = self.hack_script([(b, changes[b.name]) for b in batch], hack_out,
+                                      w / "hack-all")
+            case.alternatives.append((
+                "all-hack",
+                Command("shell hack once per wheel", ["bash", str(script)], self.env,
+                        both(fresh_dir(hack_out), absent(w / "hack-all"))),
+            ))
+        self.cases.append(case)
+
+        # 4. apply with the site-packages reinstall, against pip --force-reinstall.
+        template = self.make_prefix()
+        venv = self.make_venv()
+        if template is not None:
+            target = w / "prefix"
+            case = Case(
+                "apply",
+                "apply on a prefix (2 ensurepip wheels + installed pip and setuptools), "
+                "cache disabled",
+                self.cold(self.pipfix("apply", str(target), "-q"), "pipfix apply",
+                          self.copy_of(template, target)),
+            )
+            if venv is not None:
+                pip_wheel = w / "planned" / ONE_WHEEL
+                case.alternatives.append((
+                    "apply-pip",
+                    Command("pip install --force-reinstall --no-deps (patched pip wheel) "
+                            "into a venv",
+                            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                             "--force-reinstall", "--no-deps", str(pip_wheel)], self.env),
+                ))
+            self.cases.append(case)
+            if self.no_cache_flag and venv is not None:
+                warm_apply = Command("pipfix apply (cache hit)",
+                                     self.pipfix("apply", str(target), "-q"), self.pipfix_env,
+                                     self.copy_of(template, target))
+                warm_apply.run(record=False)
+                self.cases.append(Case("apply-warm", "apply on a prefix, patched wheels cached",
+                                       warm_apply, [("", case.alternatives[0][1])]))
+
+            # 5. No-op runs on the patched prefix.
+            patched = w / "prefix-patched"
+            self.copy_of(template, patched)()
+            check_output(self.pipfix("apply", str(patched), "-q"), self.pipfix_env, "setup apply")
+            for case_id, title, argv in (
+                ("noop-check", "no-op: check on a patched prefix",
+                 self.pipfix("check", str(patched), "-q")),
+                ("noop-apply", "no-op: apply again on a patched prefix",
+                 self.pipfix("apply", str(patched), "-q")),
+            ):
+                self.cases.append(Case(case_id, title, Command("pipfix", argv, self.pipfix_env)))
+            trace = subprocess.run(
+                [self.python, "-X", "importtime", *self.pipfix("check", str(patched), "-q")[1:]],
+                env=self.pipfix_env, capture_output=True, text=True,
+            )
+            self.extra["noop_imports_libcst"] = "libcst" in trace.stderr
+            self.extra["noop_check_exit"] = trace.returncode
+
+        # 6. Peak RSS of patching one wheel in a fresh process.
+        self.extra["peak_rss_mib"] = self.peak_rss(
+            [*self.cases[0].pipfix.argv], self.cases[0].pipfix.env, self.cases[0].pipfix.prepare
+        )
+        self.extra["peak_rss_all_mib"] = self.peak_rss(
+            [*self.cases_by_id("all").pipfix.argv], self.cases_by_id("all").pipfix.env,
+            self.cases_by_id("all").pipfix.prepare,
+        )
+
+    def cases_by_id(self, case_id: str) -> Case:
+        return next(c for c in self.cases if c.id == case_id)
+
+    def peak_rss(self, argv: list[str], env: dict[str, str], prepare: Callable[[], None]) -> float:
+        """Peak RSS (MiB) of ``argv`` run alone from a fresh process (RUSAGE_CHILDREN)."""
+        prepare()
+        probe = (
+            "import resource, subprocess, sys\n"
+            "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+            "stderr=subprocess.DEVNULL)\n"
+            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        )
+        out = check_output([self.python, "-c", probe, *argv], env, "peak RSS probe").split()
+        if out[0] != "0":
+            raise BenchmarkError(f"peak RSS probe: {shlex.join(argv)} exited {out[0]}")
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB here
+        return int(out[1]) * scale / 2**20
+
+    # timing
+
+    def measure(self) -> None:
+        repeat = 1 if self.args.quick else self.args.repeat
+        commands_of: list[list[Command]] = []
+        seen: set[int] = set()  # a command two cases share runs once per repetition
+        for case in self.cases:
+            commands = [case.pipfix, *(cmd for _, cmd in case.alternatives)]
+            commands_of.append([c for c in commands if id(c) not in seen])
+            seen.update(id(c) for c in commands)
+        if not self.args.quick:
+            self.log("warm-up run of every command")
+            for commands in commands_of:
+                for command in commands:
+                    command.run(record=False)
+        for rep in range(repeat):
+            self.log(f"repetition {rep + 1}/{repeat}")
+            for commands in commands_of:
+                for command in commands if rep % 2 == 0 else reversed(commands):
+                    command.run()
+
+    # report
+
+    def table(self) -> str:
+        header = (
+            "| case | pipfix | alternative | alternative's time | ratio (wall) | ratio (CPU) "
+            "| target |\n|---|---:|---|---:|---:|---:|---|"
+        )
+        rows = []
+        for case in self.cases:
+            mine = case.pipfix
+            if not case.alternatives:
+                verdict = ""
+                if case.id in TARGETS:
+                    _kind, limit, text = TARGETS[case.id]
+                    verdict = f"{text}: {'met' if mine.wall <= limit else 'not met'}"
+                    if case.id == "noop-check" and "noop_imports_libcst" in self.extra:
+                        imported = self.extra["noop_imports_libcst"]
+                        verdict += f"; libcst {'imported' if imported else 'not imported'}"
+                rows.append(f"| {case.title} | {mine.wall:.3f} s | — | — | — | — | {verdict} |")
+                continue
+            for index, (target_id, alt) in enumerate(case.alternatives):
+                ratio, cpu_ratio = mine.wall / alt.wall, mine.cpu / alt.cpu
+                verdict = ""
+                if target_id in TARGETS:
+                    _kind, limit, text = TARGETS[target_id]
+                    verdict = f"{text}{TIMES}: {'met' if ratio <= limit else 'not met'}"
+                title = case.title if index == 0 else ""
+                mine_text = f"{mine.wall:.3f} s" if index == 0 else ""
+                rows.append(
+                    f"| {title} | {mine_text} | {alt.label} | {alt.wall:.3f} s "
+                    f"| {ratio:.2f}{TIMES} | {cpu_ratio:.2f}{TIMES} | {verdict} |"
+                )
+        return "\n".join([header, *rows])
+
+    def summary(self) -> str:
+        repeat = 1 if self.args.quick else self.args.repeat
+        cpus = os.cpu_count() or 1
+        lines = [
+            f"pipfix benchmark: CPython {platform.python_version()} on {platform.system()} "
+            f"{platform.machine()}, {cpus} CPUs; {repeat} repetition(s), alternating; "
+            "medians",
+            "",
+            self.table(),
+            "",
+        ]
+        rss = self.extra.get("peak_rss_mib")
+        if rss is not None:
+            met = "met" if rss < RSS_LIMIT_MIB else "not met"
+            lines.append(
+                f"Peak RSS, patch-wheel of {ONE_WHEEL} in a fresh process: {rss:.1f} MiB "
+                f"(target < {RSS_LIMIT_MIB} MiB: {met}); all wheels in one call: "
+                f"{self.extra['peak_rss_all_mib']:.1f} MiB."
+            )
+        lines += [f"Note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def results(self) -> dict[str, Any]:
+        def command(cmd: Command) -> dict[str, Any]:
+            return {"label": cmd.label, "argv": cmd.argv, "wall": cmd.walls, "cpu": cmd.cpus,
+                    "median_wall": cmd.wall, "median_cpu": cmd.cpu}
+
+        return {
+            "python": platform.python_version(),
+            "platform": f"{platform.system()} {platform.machine()}",
+            "cpus": os.cpu_count(),
+            "cases": [
+                {"id": c.id, "title": c.title, "pipfix": command(c.pipfix),
+                 "alternatives": [dict(command(a), target=t) for t, a in c.alternatives]}
+                for c in self.cases
+            ],
+            **self.extra,
+            "notes": self.notes,
+        }
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Time pipfix against the shell hack, wheel unpack/pack and pip "
+        "--force-reinstall on the pinned wheels; print the ratio table."
+    )
+    parser.add_argument("--repeat", type=int, default=5, metavar="N",
+                        help="repetitions per command (medians; default 5)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: one repetition, no warm-up, {QUICK_WHEELS} wheels "
+                        "in the all-wheels case")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write raw timings here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--silent-progress", action="store_true",
+                        help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not sys.platform.startswith("linux"):
+        print("benchmarks/run.py: Linux only (bash, zip, ensurepip prefixes)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="pipfix-bench-"))
+    try:
+        bench = Benchmark(args, work)
+        bench.setup()
+        bench.measure()
+        print(bench.summary())
+        if args.json:
+            args.json.write_text(json.dumps(bench.results(), indent=2) + "\n", encoding="utf-8")
+        return 0
+    except BenchmarkError as exc:
+        print(f"benchmarks/run.py: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""benchmarks/run.py --quick runs end to end and prints its ratio table.
+
+The numbers are not judged here (benchmarks are not pass/fail); only that every
+case ran, against the alternatives this machine has, and that the table is there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from conftest import ROOT, clean_env, run
+
+
+def test_quick_benchmark_prints_the_ratio_table(tmp_path: Path) -> None:
+    raw = tmp_path / "results.json"
+    started = time.monotonic()
+    result = run(
+        [sys.executable, ROOT / "benchmarks" / "run.py", "--quick", "--silent-progress",
+         "--json", raw],
+        env=clean_env(XDG_CACHE_HOME=str(tmp_path / "xdg")),
+        timeout=300,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    header = (
+        "| case | pipfix | alternative | alternative's time | ratio (wall) | ratio (CPU) "
+        "| target |"
+    )
+    assert header in lines
+    table = lines[lines.index(header) + 2 :]
+    rows = table[: table.index("")] if "" in table else table
+    assert any(row.startswith("| one wheel") for row in rows), result.stdout
+    assert any(" pinned pip/setuptools wheels, one pipfix call" in row for row in rows)
+    assert all(row.count("|") == 8 for row in rows)
+    assert "Peak RSS, patch-wheel of" in result.stdout
+
+    results = json.loads(raw.read_text())
+    ids = [case["id"] for case in results["cases"]]
+    assert ids[0] == "one" and "all" in ids
+    for case in results["cases"]:
+        for command in (case["pipfix"], *case["alternatives"]):
+            assert len(command["wall"]) == 1 and command["median_wall"] > 0
+    if "apply" in ids:  # needs ensurepip in this interpreter
+        assert {"noop-check", "noop-apply"} <= set(ids)
+        assert results["noop_imports_libcst"] is False
+    assert not (tmp_path / "xdg").exists()  # the benchmark keeps its cache to itself
+    print(f"benchmarks/run.py --quick took {elapsed:.1f} s")  # shown with -s; target < 60 s

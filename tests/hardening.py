@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -28,9 +29,10 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -38,6 +40,7 @@ from pipfix import cli, faults, patcher, provenance, wheelfile
 
 from conftest import clean_env, tree_digest
 
+T = TypeVar("T")
 STATE_DIR = ".pipfix"
 _STDLIB_CACHE = re.compile(r"^lib/python3\.\d+t?/__pycache__/")
 _BUNDLED = re.compile(r"^lib/python3\.\d+t?/ensurepip/_bundled/")
@@ -74,42 +77,12 @@ def shared_base(factory: pytest.TempPathFactory) -> Path:
     return _SHARED[0]
 
 
-def needs(*fixes: str, strict: bool = True) -> pytest.MarkDecorator:
-    """Expected to fail (strictly) until a fix lands in a file this suite's authors do not
-    own; the check below looks for it, so the test turns into a plain test by itself."""
-    import inspect
-
-    from pipfix import install, operations, provenance
-    from pipfix.codemods import engine
-
-    def source(obj: object) -> str:
-        return inspect.getsource(obj)  # type: ignore[arg-type]
-
-    apply_source = source(operations.apply)
-    checks = {
-        "preflight tolerates an interrupted swap": "install.preflight"
-        in apply_source.split("_locked(", 1)[-1]
-        or "JOURNAL" in source(install.preflight),
-        "operations undo log": "undo_on_failure" in apply_source,
-        "restore checks every backup first": "check_backups" in source(operations.restore),
-        "engine compiles first": "compile(" in source(engine.transform_source),
-        "provenance must be an object": "isinstance(raw, dict)" in source(provenance),
-        "patch-wheel re-plans under the lock": "_still_valid" in source(operations.patch_wheel),
-        "stage removed on failure": "rmtree(stage" in source(install._swap_in),
-        "apply locks the wheel directories": "state_dir_for"
-        in apply_source.split("_locked(", 1)[-1].split(":\n", 1)[0],
-    }
-    missing = [fix for fix in fixes if not checks[fix]]
-    return pytest.mark.xfail(
-        bool(missing), reason=f"needs fix: {'; '.join(missing)}", strict=strict
-    )
-
-
 _TEMPLATE: dict[str, Path] = {}
 
 
-def work_path(base: Path) -> Path:
-    return base / "work" / "prefix"
+def work_path(base: Path, slot: int = 0) -> Path:
+    """Where copies are put; one fixed path per parallel worker (``fork_map``'s slot)."""
+    return base / ("work" if slot == 0 else f"work{slot}") / "prefix"
 
 
 def ensurepip_template(base: Path) -> Path:
@@ -133,13 +106,58 @@ def ensurepip_template(base: Path) -> Path:
     return _TEMPLATE[key]
 
 
-def fresh_copy(template: Path) -> Path:
-    """A pristine copy of ``template`` at the fixed work path."""
-    work = work_path(template.parent.parent)
+def fresh_copy(template: Path, slot: int = 0) -> Path:
+    """A pristine copy of ``template`` at the fixed work path (of worker ``slot``)."""
+    work = work_path(template.parent.parent, slot)
     if work.exists():
         shutil.rmtree(work)
     shutil.copytree(template, work, symlinks=True)
     return work
+
+
+def parallel_workers() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+def fork_map(
+    func: Callable[[int, T], dict[str, str]], items: Sequence[T], workers: int | None = None
+) -> dict[str, str]:
+    """``func(slot, item)`` for every item, in forked workers (slot 0..workers-1) that
+    share this process's warm state; the problems they return are merged."""
+    workers = min(workers or parallel_workers(), max(len(items), 1))
+    if workers == 1:
+        merged: dict[str, str] = {}
+        for item in items:
+            merged.update(func(0, item))
+        return merged
+    with tempfile.TemporaryDirectory(prefix="pipfix-map-") as scratch:
+        pids = []
+        for slot in range(workers):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - a worker
+                result: dict[str, str] = {}
+                try:
+                    for item in items[slot::workers]:
+                        result.update(func(slot, item))
+                except BaseException:
+                    result[f"worker {slot} crashed"] = traceback.format_exc()
+                finally:
+                    Path(scratch, f"{slot}.json").write_text(json.dumps(result))
+                    os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        merged = {}
+        for slot in range(workers):
+            out = Path(scratch, f"{slot}.json")
+            merged.update(
+                json.loads(out.read_text()) if out.exists() else {f"worker {slot}": "died"}
+            )
+        return merged
 
 
 def bundled_wheels(prefix: Path) -> dict[str, Path]:

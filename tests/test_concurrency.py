@@ -28,7 +28,6 @@ from hardening import (
     exact_state,
     fresh_copy,
     installed_state,
-    needs,
     run_forked,
     sha256,
     shared_base,
@@ -188,7 +187,6 @@ def _applied_state_is_reached(prefix: Path, reference: Reference) -> None:
     assert installed_state(prefix) == reference.after_installed
 
 
-@needs("preflight tolerates an interrupted swap")
 def test_second_apply_waits_for_the_first(reference: Reference, tmp_path: Path) -> None:
     prefix = fresh_copy(reference.template)
     # Pause the first run in the middle of the installed pip's swap: glibc.py is already
@@ -241,7 +239,6 @@ def test_restore_waits_for_apply_and_apply_for_restore(
     _applied_state_is_reached(prefix, reference)  # apply ran second
 
 
-@needs("apply locks the wheel directories", "patch-wheel re-plans under the lock")
 def test_apply_and_patch_wheel_in_place_share_the_wheel_lock(
     reference: Reference, tmp_path: Path
 ) -> None:

@@ -30,34 +30,11 @@ from pathlib import Path
 
 import pytest
 
-from hardening import needs
-
 from badwheels import BASE, Case, all_cases, base_bytes, bomb_wheel
 from conftest import SRC, clean_env, tree_digest
 from standalone import make_standalone_prefix
 
 CASES = {case.kind: case for case in all_cases()}
-NEEDS_FIX_ELSEWHERE = {
-    # provenance.Provenance.from_bytes lets AttributeError out for JSON that is not an
-    # object ('list' object has no attribute 'get'): a traceback instead of exit 2.
-    "provenance-not-an-object": "provenance must be an object",
-    # codemods.engine.transform_source lets libcst's UnicodeDecodeError / SyntaxError
-    # (tokenize's encoding detection) out: a traceback instead of exit 3.
-    "glibc-module-not-utf8": "engine compiles first",
-    "glibc-module-not-utf8-first-line": "engine compiles first",
-    # Parses but does not compile: patched anyway, refused only when the output fails
-    # to compile at write time (exit 2, after the backup was written).
-    "glibc-module-misplaced-future-import": "engine compiles first",
-}
-
-
-def _params() -> list[object]:
-    return [
-        pytest.param(kind, marks=needs(NEEDS_FIX_ELSEWHERE[kind]))
-        if kind in NEEDS_FIX_ELSEWHERE
-        else kind
-        for kind in CASES
-    ]
 
 
 def _popen(*args: str | Path) -> subprocess.Popen[str]:
@@ -112,7 +89,7 @@ def _check_output(case: Case, wheel: Path, kind: str, result: tuple[int, str, st
         ]
 
 
-@pytest.mark.parametrize("kind", _params())
+@pytest.mark.parametrize("kind", CASES)
 def test_bad_wheel_is_refused_without_changing_a_byte(
     kind: str, empty_prefix: Path, tmp_path: Path
 ) -> None:

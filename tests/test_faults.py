@@ -29,11 +29,12 @@ from hardening import (
     check_wheel,
     ensurepip_template,
     exact_state,
+    fork_map,
     fresh_copy,
     installed_state,
     leftovers,
     mixed_files,
-    needs,
+    parallel_workers,
     run_forked,
     sha256,
     shared_base,
@@ -111,7 +112,9 @@ def scenario(scratch: Path) -> Scenario:
     )
 
 
-def _check_interrupted(prefix: Path, scenario: Scenario) -> dict[str, str]:
+def _check_interrupted(
+    prefix: Path, scenario: Scenario, after: dict[str, str] | None = None
+) -> dict[str, str]:
     """(a): every wheel and installed file is either as before or as at the end."""
     problems: dict[str, str] = {}
     wheels = bundled_wheels(prefix)
@@ -122,13 +125,14 @@ def _check_interrupted(prefix: Path, scenario: Scenario) -> dict[str, str]:
             check_wheel(path, scenario.original_wheels[name], scenario.patched_wheels[name])
         except Exception as exc:
             problems[name] = f"torn or foreign wheel: {exc}"
-    problems.update(
-        mixed_files(installed_state(prefix), scenario.before_installed, scenario.after_installed)
-    )
+    end = after if after is not None else scenario.after_installed
+    problems.update(mixed_files(installed_state(prefix), scenario.before_installed, end))
     return problems
 
 
-def _check_converges(prefix: Path, scenario: Scenario, run: Run) -> dict[str, str]:
+def _check_converges(
+    prefix: Path, scenario: Scenario, run: Run, after: dict[str, str] | None = None
+) -> dict[str, str]:
     """(b): a re-run finishes and reaches the uninterrupted run's end state."""
     if run.returncode != 0:
         return {"re-run": f"exit {run.returncode}: {run.stderr.strip()}"}
@@ -140,8 +144,9 @@ def _check_converges(prefix: Path, scenario: Scenario, run: Run) -> dict[str, st
         if not backup.is_file() or sha256(backup.read_bytes()) != scenario.original_wheels[name]:
             problems[str(backup)] = "wheel backup missing or not the original"
     state = installed_state(prefix)
-    for relative in sorted(set(state) | set(scenario.after_installed)):
-        if state.get(relative) != scenario.after_installed.get(relative):
+    end = after if after is not None else scenario.after_installed
+    for relative in sorted(set(state) | set(end)):
+        if state.get(relative) != end.get(relative):
             problems[relative] = "differs from an uninterrupted run's end state"
     for leftover in leftovers(prefix):
         problems[leftover] = "left behind by the re-run"
@@ -161,12 +166,15 @@ def _check_restored(prefix: Path, scenario: Scenario, run: Run) -> dict[str, str
 
 
 def _kill_rerun_restore(
-    prefix: Path, scenario: Scenario, killed: Run, label: str
+    prefix: Path, scenario: Scenario, label: str, after: dict[str, str] | None = None
 ) -> dict[str, str]:
-    problems = {f"{label}: {k}": v for k, v in _check_interrupted(prefix, scenario).items()}
+    problems = {f"{label}: {k}": v for k, v in _check_interrupted(prefix, scenario, after).items()}
     rerun = run_forked(["apply", str(prefix)])
     problems.update(
-        {f"{label}, re-run: {k}": v for k, v in _check_converges(prefix, scenario, rerun).items()}
+        {
+            f"{label}, re-run: {k}": v
+            for k, v in _check_converges(prefix, scenario, rerun, after).items()
+        }
     )
     restored = run_forked(["restore", str(prefix)])
     problems.update(
@@ -178,24 +186,61 @@ def _kill_rerun_restore(
     return problems
 
 
-@needs("preflight tolerates an interrupted swap")
-def test_apply_killed_at_every_step_converges(scenario: Scenario) -> None:
-    """Kill ``apply`` (ensurepip wheels and the site-packages reinstall) at each step N."""
-    problems: dict[str, str] = {}
-    started = time.monotonic()
-    for number, label in enumerate(scenario.steps, start=1):
-        prefix = fresh_copy(scenario.template)
-        killed = run_forked(["apply", str(prefix)], kill_at=number)
-        if not killed.killed:
-            problems[f"step {number}"] = f"not killed: exit {killed.returncode} {killed.stderr}"
-            continue
-        where = f"killed at {label.split(' ', 2)[2][:100]!r} (step {number})"
-        problems.update(_kill_rerun_restore(prefix, scenario, killed, where))
-    print(f"{len(scenario.steps)} steps, {time.monotonic() - started:.1f} s")
+@dataclass(frozen=True)
+class Slot:
+    """What a worker needs at its own path: the end state there, and an applied prefix."""
+
+    after_installed: dict[str, str]
+    applied: Path
+
+
+_SLOTS: dict[int, Slot] = {}  # filled lazily in each worker process
+
+
+def _slot(scenario: Scenario, slot: int) -> Slot:
+    if slot not in _SLOTS:
+        prefix = fresh_copy(scenario.template, slot)
+        assert run_forked(["apply", str(prefix)]).returncode == 0
+        applied = prefix.parent.parent / f"applied{slot}" / "prefix"
+        if applied.exists():
+            shutil.rmtree(applied)
+        applied.parent.mkdir(parents=True, exist_ok=True)
+        after = installed_state(prefix)
+        prefix.rename(applied)
+        _SLOTS[slot] = Slot(after, applied)
+    return _SLOTS[slot]
+
+
+def _where(command: str, number: int, label: str) -> str:
+    return f"{command} killed at {label.split(' ', 2)[2][:90]!r} (step {number})"
+
+
+def _report(problems: dict[str, str], steps: list[str], started: float) -> None:
+    print(f"{len(steps)} steps, {parallel_workers()} workers, {time.monotonic() - started:.1f} s")
     assert not problems, "\n".join(f"{k}: {v}" for k, v in problems.items())
 
 
-@needs("preflight tolerates an interrupted swap", strict=False)  # depends on where the kills land
+def test_apply_killed_at_every_step_converges(scenario: Scenario) -> None:
+    """Kill ``apply`` (ensurepip wheels and the site-packages reinstall) at each step N.
+
+    The steps are shared out between forked workers, each at a path of its own.
+    """
+
+    def kill_at(slot: int, step: tuple[int, str]) -> dict[str, str]:
+        number, label = step
+        after = _slot(scenario, slot).after_installed
+        prefix = fresh_copy(scenario.template, slot)
+        killed = run_forked(["apply", str(prefix)], kill_at=number)
+        where = _where("apply", number, label)
+        if not killed.killed:
+            return {where: f"not killed: exit {killed.returncode} {killed.stderr}"}
+        return _kill_rerun_restore(prefix, scenario, where, after)
+
+    started = time.monotonic()
+    problems = fork_map(kill_at, list(enumerate(scenario.steps, start=1)))
+    _report(problems, scenario.steps, started)
+
+
 def test_apply_killed_at_random_moments_converges(scenario: Scenario) -> None:
     """SIGKILL from outside at seeded random moments of the write phase of a real process."""
     rng = random.Random(20240611)
@@ -220,55 +265,42 @@ def test_apply_killed_at_random_moments_converges(scenario: Scenario) -> None:
         reached = 1 + rest.count("pipfix-step ")
         label = f"random kill {attempt} after {delay:.3f} s (step {reached} reached)"
         print(label)
-        problems.update(
-            _kill_rerun_restore(prefix, scenario, Run(process.returncode, "", rest), label)
-        )
+        problems.update(_kill_rerun_restore(prefix, scenario, label))
     assert not problems, "\n".join(f"{k}: {v}" for k, v in problems.items())
 
 
-def test_restore_killed_at_every_step_converges(scenario: Scenario, scratch: Path) -> None:
+def test_restore_killed_at_every_step_converges(scenario: Scenario) -> None:
     """Kill ``restore`` at each step N: every file is patched or original, and re-running
-    ``restore`` (or ``apply``) converges."""
-    applied = fresh_copy(scenario.template)
-    assert run_forked(["apply", str(applied)]).returncode == 0
-    applied_template = scratch / "applied" / "prefix"
-    if applied_template.exists():
-        shutil.rmtree(applied_template)
-    applied.rename(applied_template)
-    traced = run_forked(["restore", str(fresh_copy(applied_template))], trace=True)
+    ``restore`` -- or ``apply`` first, every third step -- converges."""
+    traced = run_forked(["restore", str(fresh_copy(_slot(scenario, 0).applied))], trace=True)
     assert traced.returncode == 0, traced.stderr
     steps = [line for line in traced.stderr.splitlines() if line.startswith("pipfix-step ")]
     assert len(steps) >= 10, steps
-    problems: dict[str, str] = {}
-    for number, label in enumerate(steps, start=1):
-        where = f"restore killed at {label.split(' ', 2)[2][:90]!r} (step {number})"
-        prefix = fresh_copy(applied_template)
+
+    def kill_at(slot: int, step: tuple[int, str]) -> dict[str, str]:
+        number, label = step
+        where = _where("restore", number, label)
+        reference = _slot(scenario, slot)
+        prefix = fresh_copy(reference.applied, slot)
         killed = run_forked(["restore", str(prefix)], kill_at=number)
         if not killed.killed:
-            problems[where] = f"not killed: exit {killed.returncode} {killed.stderr}"
-            continue
-        problems.update(
-            {f"{where}: {k}": v for k, v in _check_interrupted(prefix, scenario).items()}
-        )
-        if number % 2:  # odd steps: restore again; even ones: apply again, then restore
-            again = run_forked(["restore", str(prefix)])
-        else:
+            return {where: f"not killed: exit {killed.returncode} {killed.stderr}"}
+        after = reference.after_installed
+        problems = {
+            f"{where}: {k}": v for k, v in _check_interrupted(prefix, scenario, after).items()
+        }
+        if number % 3 == 0:
             reapplied = run_forked(["apply", str(prefix)])
-            problems.update(
-                {
-                    f"{where}, apply: {k}": v
-                    for k, v in _check_converges(prefix, scenario, reapplied).items()
-                }
-            )
-            again = run_forked(["restore", str(prefix)])
-        problems.update(
-            {
-                f"{where}, restore: {k}": v
-                for k, v in _check_restored(prefix, scenario, again).items()
-            }
-        )
-    shutil.rmtree(applied_template)
-    assert not problems, "\n".join(f"{k}: {v}" for k, v in problems.items())
+            converged = _check_converges(prefix, scenario, reapplied, after)
+            problems.update({f"{where}, apply: {k}": v for k, v in converged.items()})
+        again = run_forked(["restore", str(prefix)])
+        restored = _check_restored(prefix, scenario, again)
+        problems.update({f"{where}, restore: {k}": v for k, v in restored.items()})
+        return problems
+
+    started = time.monotonic()
+    problems = fork_map(kill_at, list(enumerate(steps, start=1)))
+    _report(problems, steps, started)
 
 
 # --- read-only, full, or one file that cannot be replaced -------------------------------------
@@ -312,7 +344,6 @@ def test_read_only_target_changes_nothing(template: Path, read_only_copy) -> Non
     assert tree_digest(prefix) == before
 
 
-@needs("operations undo log")
 def test_read_only_site_packages_changes_nothing(template: Path, small_filesystem) -> None:  # type: ignore[no-untyped-def]
     """The wheels are writable, the installed files are not (a read-only mount of their
     own, so the rename fails with EXDEV before EROFS): the run fails in its last phase,
@@ -348,8 +379,8 @@ def _small_copy(small_filesystem, template: Path, free: int) -> Path:  # type: i
     "where",
     [
         "backup",
-        pytest.param("output", marks=needs("operations undo log")),
-        pytest.param("staging", marks=needs("operations undo log")),
+        "output",
+        "staging",
     ],
 )
 def test_disk_full_changes_nothing(template: Path, small_filesystem, where: str) -> None:  # type: ignore[no-untyped-def]
@@ -387,7 +418,6 @@ def _immutable(path: Path) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("which", ["installed-module", "last-wheel"])
-@needs("operations undo log")
 def test_file_that_cannot_be_replaced_changes_nothing(template: Path, which: str) -> None:
     """As root, permissions do not stop a rename; an immutable file (chattr +i) does:
     EPERM on exactly that file, on any filesystem that supports the flag."""
@@ -441,7 +471,6 @@ def test_backups_hold_the_originals_and_are_never_overwritten(template: Path) ->
 
 @pytest.mark.parametrize("damage", ["missing", "altered"])
 @pytest.mark.parametrize("which", ["wheel", "installed"])
-@needs("restore checks every backup first")
 def test_restore_refuses_a_missing_or_altered_backup(
     template: Path, which: str, damage: str
 ) -> None:

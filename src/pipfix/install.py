@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -353,9 +354,15 @@ def _swap_in(
     state_dir = installation.state_dir
     state_dir.mkdir(exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix="stage-", dir=state_dir))
-    wheel_path = stage / wheel_name
-    wheel_path.write_bytes(wheel_data)
-    staged, script_style = _stage(target_scheme, stage / "root", wheel_path, dist, options, runs)
+    try:
+        wheel_path = stage / wheel_name
+        wheel_path.write_bytes(wheel_data)
+        staged, script_style = _stage(
+            target_scheme, stage / "root", wheel_path, dist, options, runs
+        )
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)  # nothing was swapped yet
+        raise
     if not staged.operations:
         swap.complete(state_dir)
         return [], script_style, staged.bytecode

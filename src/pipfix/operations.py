@@ -8,12 +8,11 @@ stops a run before anything on disk changes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import install, patcher, record, store, swap
-from .extension_restore import restore_extensions
 from .errors import (
     EXIT_NEEDS_ATTENTION,
     EXIT_OK,
@@ -21,6 +20,7 @@ from .errors import (
     PipfixError,
     VerificationError,
 )
+from .extension_restore import restore_extensions
 from .patcher import WheelPlan, WheelState
 from .reports import RunReport, WheelReport
 from .target import (
@@ -191,7 +191,14 @@ def apply(
     if reinstall:
         for installation in installations:
             install.preflight(installation)
-    with _locked(i.state_dir for i in installations):
+    # The wheel directories are locked too, so `patch-wheel --in-place` on the same
+    # wheel waits for this run (and the other way round).
+    wheel_locks = [
+        store.state_dir_for(path)
+        for path, plan in planned.items()
+        if plan.state is WheelState.NEEDS_PATCH
+    ]
+    with _locked([*(i.state_dir for i in installations), *wheel_locks]), _undo_on_failure() as undo:
         for installation in installations:
             if installation.state_dir.is_dir():
                 swap.complete(installation.state_dir)
@@ -200,6 +207,7 @@ def apply(
         for plan in plans:
             store.remove_stale_staging(store.state_dir_for(plan.wheel.path))
             if plan.state is WheelState.NEEDS_PATCH:
+                undo.append(_undo_wheel_write(plan))
                 reports.append(_write_patched(plan, plan.wheel.path, backup=True))
             else:
                 reports.append(_report(plan, _IDLE_ACTIONS[plan.state]))
@@ -208,6 +216,7 @@ def apply(
             patched = _patched_wheels(plans)
             bundled = _bundled_by_version(installations, patched)
             for installation in installations:
+                undo.append(_undo_new_installs(installation))
                 installs += install.reinstall(installation, patched, bundled, options)
     return RunReport(
         "apply",
@@ -216,6 +225,59 @@ def apply(
         _exit_code(plans, applied=True),
         installs=tuple(r.to_json() for r in installs),
     )
+
+
+Undo = Callable[[], None]
+
+
+@contextlib.contextmanager
+def _undo_on_failure() -> Iterator[list[Undo]]:
+    """A run that fails part-way puts back what it already changed, newest first.
+
+    Every step is itself atomic, so after the undo the target is exactly as it
+    was; if an undo step fails too, the backups and journal are still there and
+    ``pipfix restore`` or a re-run converges.
+    """
+    steps: list[Undo] = []
+    try:
+        yield steps
+    except BaseException:
+        for step in reversed(steps):
+            with contextlib.suppress(Exception):
+                step()
+        raise
+
+
+def _undo_wheel_write(plan: WheelPlan) -> Undo:
+    path, original = plan.wheel.path, plan.wheel.data
+    backup = store.backup_path_for(path)
+    had_backup = backup.exists()
+    had_state_dir = backup.parent.exists()
+
+    def undo() -> None:
+        if path.exists() and store.sha256_file(path) != plan.wheel.sha256:
+            store.replace_atomically(path, original, store.expect_sha256(plan.wheel.sha256))
+        if not had_backup and backup.exists():
+            backup.unlink()
+        if not had_state_dir:
+            store.remove_stale_staging(backup.parent)
+            store.clean_state_dir(backup.parent)
+
+    return undo
+
+
+def _undo_new_installs(installation: Installation) -> Undo:
+    """Restore the installed distributions this run swapped in (not earlier runs')."""
+    installs_dir = installation.state_dir / swap.INSTALLS
+    before = set(installs_dir.glob("*")) if installs_dir.is_dir() else set()
+
+    def undo() -> None:
+        if not installs_dir.is_dir():
+            return
+        for install_dir in sorted(set(installs_dir.glob("*")) - before):
+            swap.restore(installation.state_dir, install_dir)
+
+    return undo
 
 
 def _still_valid(plan: WheelPlan | None, path: Path) -> WheelPlan:
@@ -255,8 +317,17 @@ def restore(targets: Sequence[str | Path], *, under: str | Path | None = None) -
     reports: list[WheelReport] = []
     installs: list[install.InstallReport] = []
     extensions: list[dict[str, Any]] = []
+    wheel_paths = _wheel_paths(installations)
     with _locked(i.state_dir for i in installations):
-        for path in _wheel_paths(installations):
+        # Every backup is checked before anything is put back: a missing or
+        # altered one stops the whole restore, rather than half of it.
+        for path in wheel_paths:
+            _check_wheel_backup(path)
+        for installation in installations:
+            if installation.state_dir.is_dir():
+                swap.complete(installation.state_dir)
+                swap.check_backups(installation.state_dir)
+        for path in wheel_paths:
             store.remove_stale_staging(store.state_dir_for(path))
             reports.append(_restore_one(path))
         for installation in installations:
@@ -269,6 +340,17 @@ def restore(targets: Sequence[str | Path], *, under: str | Path | None = None) -
         EXIT_OK,
         installs=tuple(r.to_json() for r in installs) + tuple(extensions),
     )
+
+
+def _check_wheel_backup(path: Path) -> None:
+    plan = patcher.plan(path)
+    if plan.state is not WheelState.PATCHED or plan.existing is None:
+        return
+    backup = store.backup_path_for(path)
+    if not backup.exists():
+        raise PipfixError(path, f"patched by pipfix but its backup {backup} is missing")
+    if store.sha256_file(backup) != plan.existing.original_sha256:
+        raise PipfixError(backup, f"backup does not match the original recorded in {path.name}")
 
 
 def _restore_one(path: Path) -> WheelReport:
@@ -309,10 +391,12 @@ def patch_wheel(
     destination_dir = Path(out_dir).absolute() if out_dir is not None else None
     if destination_dir is not None and not destination_dir.is_dir():
         raise PipfixError(destination_dir, "output directory does not exist")
-    plans = [patcher.plan(path) for path in paths]
+    planned = [patcher.plan(path) for path in paths]
     reports = []
     lock_dirs = {store.state_dir_for(p) for p in paths} if in_place else set()
     with _locked(lock_dirs):
+        # Another run may have patched a wheel while we waited for the lock.
+        plans = [_still_valid(plan, plan.wheel.path) for plan in planned]
         for plan in plans:
             reports.append(_patch_one(plan, destination_dir))
     return RunReport(

@@ -33,8 +33,13 @@ class Provenance:
         """Parse a provenance file; ValueError when it is not pipfix's."""
         try:
             raw = json.loads(data.decode("utf-8"))
-            if raw.get("tool") != "pipfix":
-                raise ValueError("not written by pipfix")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"malformed provenance file: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ValueError("malformed provenance file: not a JSON object")
+        if raw.get("tool") != "pipfix":
+            raise ValueError("not written by pipfix")
+        try:
             return cls(
                 pipfix_version=str(raw["pipfix_version"]),
                 patch_set=int(raw["patch_set"]),
@@ -43,8 +48,8 @@ class Provenance:
                 original_filename=str(raw["original_filename"]),
                 original_sha256=str(raw["original_sha256"]),
             )
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"malformed provenance file: {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed provenance file: {exc!r}") from None
 
 
 def member_name(dist_info: str) -> str:

@@ -12,8 +12,14 @@ Order of a swap:
 5. The journal is removed, then the staging directory.
 
 A kill before step 3 leaves the target untouched (the next run discards the
-stage and the unused backups). ``restore`` reads the manifest and puts every
-file back byte for byte, removing the files the swap added.
+stage and the unused backups). A step that fails for good (a file that cannot
+be replaced) rolls the steps already done back from the backups.
+
+``restore`` is a swap too: the backups are staged (hard links), a journal lists
+the renames back, the removals of what the swap added and, last, forgetting
+the manifest. A restore killed half-way is therefore completed by the next run,
+whichever command it is -- an ``apply`` never starts from a half-restored
+installation that still carries pipfix's provenance.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -142,24 +149,24 @@ def _install_for(state_dir: Path, operations: list[Operation]) -> str | None:
     return None
 
 
+def _journal(state_dir: Path, operations: list[Operation], stage: Path) -> dict[str, Any]:
+    return {
+        "install": _install_for(state_dir, operations),
+        "stage": _relative(stage, state_dir),
+        "operations": [
+            {
+                "op": o.op,
+                "path": _relative(o.path, state_dir),
+                "staged": _relative(o.staged, state_dir) if o.staged else None,
+            }
+            for o in operations
+        ],
+    }
+
+
 def run(state_dir: Path, operations: list[Operation], stage: Path) -> None:
     """Write the journal and carry it out (steps 3 to 5)."""
-    _write_json(
-        state_dir / JOURNAL,
-        {
-            "install": _install_for(state_dir, operations),
-            "stage": _relative(stage, state_dir),
-            "operations": [
-                {
-                    "op": o.op,
-                    "path": _relative(o.path, state_dir),
-                    "staged": _relative(o.staged, state_dir) if o.staged else None,
-                }
-                for o in operations
-            ],
-        },
-        state_dir,
-    )
+    _write_json(state_dir / JOURNAL, _journal(state_dir, operations, stage), state_dir)
     complete(state_dir)
 
 
@@ -175,6 +182,9 @@ def complete(state_dir: Path) -> bool:
         raise PipfixError(journal_path, f"unreadable journal: {exc}") from None
     touched: set[Path] = set()
     for item in journal["operations"]:
+        if item["op"] == "forget":
+            _forget(state_dir, item)
+            continue
         path = _absolute(item["path"], state_dir)
         staged = _absolute(item["staged"], state_dir) if item.get("staged") else None
         try:
@@ -206,6 +216,12 @@ def _give_up(state_dir: Path, journal: dict[str, Any], path: Path, reason: str) 
     """A step of the swap failed for good (a file that cannot be replaced, another
     filesystem): roll every step done so far back from the backups, so that the
     installation is exactly as before, then say so."""
+    if journal.get("kind") == "restore":
+        # The patched files it replaced are gone: a restore can only go forward.
+        raise PipfixError(
+            path, f"cannot restore: {reason}; the rest of the restore is done by the next "
+            "run once this file can be replaced"
+        )
     try:
         _roll_back(state_dir, journal)
     except (PipfixError, OSError) as exc:
@@ -295,35 +311,54 @@ def check_backups(state_dir: Path) -> None:
 
 
 def restore(state_dir: Path, install_dir: Path) -> list[str]:
-    """Put back every file of the manifest byte for byte; remove what the swap added."""
+    """Put back every file of the manifest byte for byte; remove what the swap added.
+
+    Journalled like a swap (see the module's docstring): staged hard links of the
+    backups are renamed into place, so a kill at any point is completed later.
+    """
     manifest = _read_manifest(install_dir)
     check_backups(state_dir)  # all of them: the other manifests are restored next
+    stage = Path(tempfile.mkdtemp(prefix="stage-", dir=state_dir))
+    operations: list[Operation] = []
     restored = []
-    for entry in manifest["entries"]:
+    for number, entry in enumerate(manifest["entries"]):
         path = _absolute(str(entry["path"]), state_dir)
         if entry["backup"] is None:
-            if path.exists():
-                faults.step(f"remove {path}")
-                path.unlink()
-            if path.suffix == ".py":
-                for cache in path.parent.glob(f"__pycache__/{path.stem}.*.pyc"):
-                    cache.unlink()  # never outlives the source it was compiled from
+            operations.append(Operation("remove", path))
+            if path.suffix == ".py":  # bytecode never outlives the source it was made from
+                caches = path.parent.glob(f"__pycache__/{path.stem}.*.pyc")
+                operations.extend(Operation("remove", cache) for cache in sorted(caches))
         else:
-            backup = install_dir / entry["backup"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            store.replace_atomically(
-                path,
-                backup.read_bytes(),
-                store.expect_sha256(entry["sha256"]),
-                staging_root=state_dir,
-            )
-            os.chmod(path, entry["mode"])
+            staged = stage / str(number)
+            _backup_file(install_dir / str(entry["backup"]), staged)  # link (or copy) back
+            os.chmod(staged, entry["mode"])
+            operations.append(Operation("replace", path, staged))
         restored.append(str(path))
-    _prune_created([_absolute(str(d), state_dir) for d in manifest.get("created_dirs", [])])
-    # The manifest goes first: once it is gone the restore is done, and a kill while
-    # the backups are removed leaves only unlisted files (which ``prepare`` discards).
-    faults.step(f"remove backups {install_dir}")
-    (install_dir / MANIFEST).unlink()
-    store.fsync_directory(install_dir)
-    shutil.rmtree(install_dir)
+    journal = _journal(state_dir, operations, stage)
+    journal["kind"] = "restore"
+    journal["operations"].append(
+        {
+            "op": "forget",
+            "path": _relative(install_dir, state_dir),
+            "created_dirs": manifest.get("created_dirs", []),
+        }
+    )
+    _write_json(state_dir / JOURNAL, journal, state_dir)
+    complete(state_dir)
     return restored
+
+
+def _forget(state_dir: Path, item: dict[str, Any]) -> None:
+    """Last step of a restore: prune what the swap created, drop the manifest and backups.
+
+    The manifest goes first: without it the backups back up nothing (``prepare``
+    discards such leftovers), so a kill while they are removed changes nothing.
+    """
+    _prune_created([_absolute(str(d), state_dir) for d in item.get("created_dirs", [])])
+    install_dir = _absolute(item["path"], state_dir)
+    manifest = install_dir / MANIFEST
+    if manifest.exists():
+        faults.step(f"remove backups {install_dir}")
+        manifest.unlink()
+        store.fsync_directory(install_dir)
+    shutil.rmtree(install_dir, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import warnings
 from collections.abc import Collection
 from typing import Protocol
 
@@ -46,6 +47,17 @@ def transform_source(
         in_scope = codemods_in_scope(source)
     if not in_scope:
         return SourceResult(source, (), ())
+    # CPython is the judge of valid Python: libcst accepts some sources that
+    # compile() refuses (bad encodings, misplaced __future__ imports).
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # old sources warn about escapes; not our call
+            compile(source, path, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        reason = f"cannot parse: {exc.msg}"
+        return SourceResult(source, (), (Unpatchable(path, exc.lineno or 0, reason),))
+    except ValueError as exc:  # NUL bytes
+        return SourceResult(source, (), (Unpatchable(path, 0, f"cannot parse: {exc}"),))
     try:
         original = cst.parse_module(source)
     except cst.ParserSyntaxError as exc:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI
 from pipfix import elf, linkage
+
+from conftest import IN_CI
 
 DEMO_MODULE = "pipfixdemo"
 DEMO_SUFFIX = ".abi3.so"  # limited API: one build loads in every Python 3 on this machine

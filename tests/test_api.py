@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import pipfix
+
 from standalone import make_standalone_prefix
 
 
@@ -28,7 +29,9 @@ def test_patch_wheel_check_apply_restore(tmp_path: Path, pinned_wheels) -> None:
     assert pipfix.check(prefix).exit_code == 1  # a dry run writes nothing
     assert pipfix.apply(prefix).exit_code == 0
     assert pipfix.check(prefix).exit_code == 0
-    assert "--- a/pip/_internal/utils/glibc.py" in pipfix.diff(pinned_wheels["pip-23.2.1-py3-none-any.whl"])
+    assert "--- a/pip/_internal/utils/glibc.py" in pipfix.diff(
+        pinned_wheels["pip-23.2.1-py3-none-any.whl"]
+    )
     assert {w.action for w in pipfix.restore(prefix).wheels} == {"restored"}
 
 

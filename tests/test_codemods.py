@@ -28,6 +28,7 @@ from pipfix.codemods import (
     could_need_change,
     transform_source,
 )
+
 from unguarded import find_unguarded
 
 ROOT = Path(__file__).parent.parent

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI, tree_digest
 from native import (
     DEMO_MODULE,
     DEMO_SUFFIX,
@@ -36,6 +35,8 @@ from pipfix.doctor.context import Context
 from pipfix.doctor.installs import install_items
 from pipfix.doctor.live import LiveFacts
 from pipfix.doctor.subject import find_subject
+
+from conftest import IN_CI, tree_digest
 from standalone import make_standalone_prefix
 
 VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"

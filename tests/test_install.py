@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from installer.records import RecordEntry, parse_record_file
 
 from conftest import clean_env, pipfix, run, tree_digest
 from simulation import write_sitecustomize

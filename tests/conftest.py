@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -43,6 +44,10 @@ def pinned_wheels() -> dict[str, Path]:
     return pinned_wheel_paths()
 
 
+# CLI runs in the tests keep pipfix's cache of patched wheels away from ~/.cache.
+TEST_CACHE_HOME = tempfile.mkdtemp(prefix="pipfix-test-cache-")
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """An environment in which pip and Python behave the same on every machine."""
     env = {
@@ -55,6 +60,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         PIP_NO_INPUT="1",
         PIP_NO_CACHE_DIR="1",
         PYTHONNOUSERSITE="1",
+        XDG_CACHE_HOME=TEST_CACHE_HOME,
     )
     env.update(extra)
     return env

@@ -90,6 +90,7 @@ def test_nothing_to_patch_never_imports_libcst(
             "-m",
             "pipfix",
             "patch-wheel",
+            "--no-cache",
             str(wheel),
             "-o",
             str(out),

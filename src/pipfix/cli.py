@@ -77,7 +77,7 @@ def _render(report: RunReport, args: argparse.Namespace) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    report = operations.check(args.targets, under=args.all)
+    report = operations.check(args.targets, under=args.all, use_cache=not args.no_cache)
     _render(report, args)
     return report.exit_code
 
@@ -90,6 +90,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         relocatable=args.relocatable,
         ensurepip=args.ensurepip,
         reinstall=not args.wheels_only,
+        use_cache=not args.no_cache,
     )
     _render(report, args)
     return report.exit_code
@@ -102,7 +103,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _cmd_patch_wheel(args: argparse.Namespace) -> int:
-    report = operations.patch_wheel(args.wheels, args.output, in_place=args.in_place)
+    report = operations.patch_wheel(
+        args.wheels, args.output, in_place=args.in_place, use_cache=not args.no_cache
+    )
     _render(report, args)
     return report.exit_code
 
@@ -127,6 +130,14 @@ def _cmd_list_patches(args: argparse.Namespace) -> int:
         for reference in codemod.upstream:
             print(f"    upstream: {reference}")
     return EXIT_OK
+
+
+def _add_cache_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither use nor fill the cache of patched wheels ($XDG_CACHE_HOME/pipfix)",
+    )
 
 
 def _add_output_flags(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
@@ -172,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--all", metavar="DIR", help=all_help)
     _add_output_flags(sub)
+    _add_cache_flag(sub)
 
     sub = command(
         "apply",
@@ -210,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="patch the ensurepip wheels only; leave installed distributions alone",
     )
     _add_output_flags(sub)
+    _add_cache_flag(sub)
 
     sub = command("diff", _cmd_diff, "print the unified diff of what would change; writes nothing")
     sub.add_argument(
@@ -229,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("-o", "--output", type=Path, metavar="DIR", help="write results to DIR")
     where.add_argument("--in-place", action="store_true", help="replace the files, keeping backups")
     _add_output_flags(sub)
+    _add_cache_flag(sub)
 
     sub = command(
         "list-patches",

@@ -103,10 +103,15 @@ _IDLE_ACTIONS = {
 }
 
 
-def check(targets: Sequence[str | Path] = (), *, under: str | Path | None = None) -> RunReport:
+def check(
+    targets: Sequence[str | Path] = (),
+    *,
+    under: str | Path | None = None,
+    use_cache: bool = True,
+) -> RunReport:
     """Which ensurepip wheels and installed pips need patching; exit 1 when any does."""
     installations = _installations(targets, default=True, under=under)
-    plans = [patcher.plan(path) for path in _wheel_paths(installations)]
+    plans = [patcher.plan(path, use_cache=use_cache) for path in _wheel_paths(installations)]
     reports = tuple(
         _report(p, "would patch" if p.state is WheelState.NEEDS_PATCH else _IDLE_ACTIONS[p.state])
         for p in plans
@@ -172,11 +177,15 @@ def apply(
     relocatable: bool | None = None,
     ensurepip: bool = False,
     reinstall: bool = True,
+    use_cache: bool = True,
 ) -> RunReport:
-    """Patch the ensurepip wheels in place (exact backups), then the installed pips."""
+    """Patch the ensurepip wheels in place (exact backups), then the installed pips.
+
+    ``use_cache``: take patched wheels from (and keep them in) the user's cache.
+    """
     installations = _installations(targets, default=dry_run, under=under)
     if dry_run:
-        report = check(targets, under=under)
+        report = check(targets, under=under, use_cache=use_cache)
         return RunReport(
             "apply",
             report.targets,
@@ -187,7 +196,9 @@ def apply(
         )
     options = install.InstallOptions(relocatable=relocatable, ensurepip=ensurepip)
     # Verify everything before taking the lock: bad input must not change a byte.
-    planned = {plan.wheel.path: plan for plan in map(patcher.plan, _wheel_paths(installations))}
+    planned = {
+        path: patcher.plan(path, use_cache=use_cache) for path in _wheel_paths(installations)
+    }
     if reinstall:
         for installation in installations:
             install.preflight(installation)
@@ -202,7 +213,10 @@ def apply(
         for installation in installations:
             if installation.state_dir.is_dir():
                 swap.complete(installation.state_dir)
-        plans = [_still_valid(planned.get(path), path) for path in _wheel_paths(installations)]
+        plans = [
+            _still_valid(planned.get(path), path, use_cache)
+            for path in _wheel_paths(installations)
+        ]
         reports = []
         for plan in plans:
             store.remove_stale_staging(store.state_dir_for(plan.wheel.path))
@@ -280,11 +294,11 @@ def _undo_new_installs(installation: Installation) -> Undo:
     return undo
 
 
-def _still_valid(plan: WheelPlan | None, path: Path) -> WheelPlan:
+def _still_valid(plan: WheelPlan | None, path: Path, use_cache: bool = True) -> WheelPlan:
     """The plan made before the lock, unless the file changed in between."""
     if plan is not None and store.sha256_file(path) == plan.wheel.sha256:
         return plan
-    return patcher.plan(path)
+    return patcher.plan(path, use_cache=use_cache)
 
 
 def _dry_exit(report: RunReport) -> int:
@@ -379,7 +393,11 @@ def _restore_one(path: Path) -> WheelReport:
 
 
 def patch_wheel(
-    wheels: Sequence[str | Path], out_dir: str | Path | None = None, *, in_place: bool = False
+    wheels: Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    *,
+    in_place: bool = False,
+    use_cache: bool = True,
 ) -> RunReport:
     """The same pipeline for loose wheel files (build steps)."""
     if (out_dir is None) == (not in_place):
@@ -391,12 +409,12 @@ def patch_wheel(
     destination_dir = Path(out_dir).absolute() if out_dir is not None else None
     if destination_dir is not None and not destination_dir.is_dir():
         raise PipfixError(destination_dir, "output directory does not exist")
-    planned = [patcher.plan(path) for path in paths]
+    planned = [patcher.plan(path, use_cache=use_cache) for path in paths]
     reports = []
     lock_dirs = {store.state_dir_for(p) for p in paths} if in_place else set()
     with _locked(lock_dirs):
         # Another run may have patched a wheel while we waited for the lock.
-        plans = [_still_valid(plan, plan.wheel.path) for plan in planned]
+        plans = [_still_valid(plan, plan.wheel.path, use_cache) for plan in planned]
         for plan in plans:
             reports.append(_patch_one(plan, destination_dir))
     return RunReport(

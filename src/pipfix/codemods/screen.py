@@ -11,8 +11,10 @@ This module answers, with ``ast`` (C parser, no libcst), which codemods *may*
 change or report something in a file.  It is conservative: it says "not in
 scope" only when the codemod's own rules certainly leave the file unchanged
 and report nothing; every doubt (a parse error, an unusual binding) keeps the
-codemod in scope, and the codemod then decides exactly as before.  So the
-output is byte for byte what the codemods alone produce; only work is saved.
+codemod in scope, and the codemod then decides exactly as before; a source
+CPython cannot parse or compile is never ruled out (the engine reports it).
+So the output is byte for byte what the codemods alone produce; only work is
+saved.
 
 The facts used, per codemod:
 
@@ -80,7 +82,20 @@ def codemods_in_scope(source: bytes) -> frozenset[str]:
         in_scope.add(DLOPEN_SELF)
     if _ctypes_import_in_scope(tree, source):
         in_scope.add(CTYPES_IMPORT)
+    if False and not _compiles(tree):
+        return ALL  # the engine reports what CPython's compiler refuses (misplaced
+        # __future__ imports, return outside a function, ...): ast.parse accepts them
     return frozenset(in_scope)
+
+
+def _compiles(tree: ast.Module) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile(tree, "<screen>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return False
+    return True
 
 
 # --- shared -------------------------------------------------------------------

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -72,9 +72,24 @@ def shared_base(factory: pytest.TempPathFactory) -> Path:
             subprocess.run(
                 ["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(directory)], check=True
             )
-            atexit.register(subprocess.run, ["umount", "-l", str(directory)], check=False)
+            atexit.register(release_shared_base)  # if the session fixture never ends
         _SHARED.append(directory)
     return _SHARED[0]
+
+
+def release_shared_base() -> None:
+    while _SHARED:
+        directory = _SHARED.pop()
+        if os.path.ismount(directory):
+            subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def shared_base_for_session(factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Body of a session-scoped fixture: ``shared_base``, unmounted when the session ends.
+    (Each module that uses it wraps it; the teardowns are idempotent.)"""
+    yield shared_base(factory)
+    release_shared_base()
+    _TEMPLATE.clear()
 
 
 _TEMPLATE: dict[str, Path] = {}

@@ -30,7 +30,7 @@ from hardening import (
     installed_state,
     run_forked,
     sha256,
-    shared_base,
+    shared_base_for_session,
     warm_up,
 )
 from pipfix import cli, store
@@ -55,9 +55,14 @@ class Reference:
         raise AssertionError(f"no step with {fragments}: {self.steps}")
 
 
+@pytest.fixture(scope="session")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield from shared_base_for_session(tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
-    template = ensurepip_template(shared_base(tmp_path_factory))
+def reference(scratch: Path) -> Reference:
+    template = ensurepip_template(scratch)
     warm_up(template)
     original = {n: sha256(p.read_bytes()) for n, p in bundled_wheels(template).items()}
     before = exact_state(template)
@@ -300,3 +305,35 @@ def test_lock_held_too_long_fails_cleanly(
     assert first_code == 0, first_err
     assert exact_state(prefix) != before  # the first run did its work, alone
     _applied_state_is_reached(prefix, reference)
+
+
+_COUNT_UNDER_LOCK = """
+import sys, time
+from pathlib import Path
+from pipfix import store
+target, counter, rounds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+for _ in range(rounds):
+    with store.target_lock(target / ".pipfix"):
+        value = int(counter.read_text()) if counter.exists() else 0
+        time.sleep(0.001)
+        counter.write_text(str(value + 1))
+"""
+
+
+def test_lock_is_exclusive_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Many processes take and release the lock in a tight loop: no update is lost, even
+    though each release removes the lock file (and its directory) -- and none is left."""
+    target, counter = tmp_path / "target", tmp_path / "counter"
+    target.mkdir()
+    processes, rounds = 6, 60
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _COUNT_UNDER_LOCK, str(target), str(counter), str(rounds)],
+            env=clean_env(PYTHONPATH=str(SRC)),
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(processes)
+    ]
+    assert [worker.wait(timeout=120) for worker in workers] == [0] * processes
+    assert int(counter.read_text()) == processes * rounds
+    assert list(target.iterdir()) == []

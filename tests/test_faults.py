@@ -37,7 +37,7 @@ from hardening import (
     parallel_workers,
     run_forked,
     sha256,
-    shared_base,
+    shared_base_for_session,
     warm_up,
 )
 
@@ -77,9 +77,9 @@ def _traced_cli_apply(prefix: Path) -> tuple[list[str], list[float], int]:
     return steps, times, process.wait(timeout=300)
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_base(tmp_path_factory)
+@pytest.fixture(scope="session")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield from shared_base_for_session(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

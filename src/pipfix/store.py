@@ -142,16 +142,40 @@ def expect_sha256(expected: str) -> Callable[[Path], None]:
 
 
 def remove_stale_staging(directory: Path) -> None:
-    """Drop temporary files of a run that was killed (call only under the lock)."""
+    """Drop the temporary files of a run that was killed, and its lock file if no run
+    holds it (call under the target's lock)."""
     if directory.is_dir():
         for leftover in directory.glob("tmp-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+        _remove_stale_lock(directory / "lock")
 
 
 def clean_state_dir(directory: Path) -> None:
-    """Remove an empty ``.pipfix`` directory left after a restore."""
+    """Remove a ``.pipfix`` directory that holds nothing (but a stale lock) any more."""
+    _remove_stale_lock(directory / "lock")
     with contextlib.suppress(OSError):
         directory.rmdir()
+
+
+def _remove_stale_lock(lock_file: Path) -> None:
+    """Remove a lock file nobody holds (a killed run's). Safe at any time: we hold it
+    while we remove it, and whoever locks a removed file starts over (``_acquire``)."""
+    if sys.platform == "win32" or not lock_file.is_file():
+        return
+    import fcntl
+
+    try:
+        fd = os.open(lock_file, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _is_current(fd, lock_file):
+            os.unlink(lock_file)
+    except OSError:
+        pass  # held by a live run (or gone already): not ours to remove
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -160,38 +184,74 @@ def target_lock(lock_dir: Path, timeout: float = 60.0) -> Iterator[None]:
 
     A second run waits up to ``timeout`` seconds, saying so on stderr, then
     fails with a clear error; it never writes concurrently.
+
+    The lock file is removed when the run ends (and its ``.pipfix`` directory,
+    if that leaves it empty), so that a run leaves nothing behind it did not
+    mean to keep -- ``restore`` gives back the exact original tree. That is safe
+    because a run that got the lock checks that the file it locked is still the
+    one at ``lock_file``; a waiter that locked a removed file starts over.
     """
-    _ensure_dir(lock_dir)
     lock_file = lock_dir / "lock"
+    fd = _acquire(lock_dir, lock_file, timeout)
     try:
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise PipfixError(lock_file, f"cannot create lock: {describe_os_error(exc)}") from None
-    try:
-        _acquire(fd, lock_file, timeout)
         remove_stale_staging(lock_dir)
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        if sys.platform != "win32":  # still ours until the close below
+            with contextlib.suppress(OSError):
+                os.unlink(lock_file)
+        os.close(fd)
+        clean_state_dir(lock_dir)
 
 
-def _acquire(fd: int, lock_file: Path, timeout: float) -> None:
+def _open_lock(lock_dir: Path, lock_file: Path) -> int | None:
+    """The lock file's descriptor, or None if its directory vanished meanwhile."""
+    _ensure_dir(lock_dir)
+    try:
+        return os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        return None  # a run that just ended removed the empty directory: again
+    except OSError as exc:
+        raise PipfixError(lock_file, f"cannot create lock: {describe_os_error(exc)}") from None
+
+
+def _is_current(fd: int, lock_file: Path) -> bool:
+    try:
+        on_disk = os.stat(lock_file)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+
+def _acquire(lock_dir: Path, lock_file: Path, timeout: float) -> int:
     if sys.platform == "win32":  # pragma: no cover - Windows hosts lock by msvcrt
         import msvcrt
 
+        fd = _open_lock(lock_dir, lock_file)
+        assert fd is not None
         msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-        return
+        return fd
     import fcntl
 
     deadline = time.monotonic() + timeout
     announced = False
     while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise PipfixError(lock_file, f"cannot lock: {describe_os_error(exc)}") from None
+        fd = _open_lock(lock_dir, lock_file)
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise PipfixError(
+                        lock_file, f"cannot lock: {describe_os_error(exc)}"
+                    ) from None
+            else:
+                if _is_current(fd, lock_file):
+                    return fd
+                os.close(fd)  # the run before us removed it as it ended: take the new one
+                continue
         if time.monotonic() >= deadline:
             raise LockBusyError(
                 lock_file, f"another pipfix run holds the lock (waited {timeout:g} s)"

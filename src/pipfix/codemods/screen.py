@@ -82,7 +82,7 @@ def codemods_in_scope(source: bytes) -> frozenset[str]:
         in_scope.add(DLOPEN_SELF)
     if _ctypes_import_in_scope(tree, source):
         in_scope.add(CTYPES_IMPORT)
-    if False and not _compiles(tree):
+    if not in_scope and not _compiles(tree):
         return ALL  # the engine reports what CPython's compiler refuses (misplaced
         # __future__ imports, return outside a function, ...): ast.parse accepts them
     return frozenset(in_scope)

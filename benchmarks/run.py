@@ -319,6 +319,15 @@ class Benchmark:
         if result.returncode != 0:
             self.notes.append(f"apply rows skipped: ensurepip failed: {result.stderr[-300:]}")
             return None
+        # An installed CPython has its stdlib compiled; the prefix links this
+        # interpreter's modules one by one, so compile the top level here, or
+        # every run of the target (pipfix asks it for its scheme and compiles
+        # changed modules with it) would compile its imports from source.
+        stdlib = template / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        subprocess.run(
+            [str(python), "-m", "compileall", "-q", "-l", str(stdlib)],
+            env=self.env, capture_output=True, check=False,
+        )
         return template
 
     def make_venv(self) -> Path | None:

@@ -375,6 +375,12 @@ def _small_copy(small_filesystem, template: Path, free: int) -> Path:  # type: i
     return prefix
 
 
+def _limit_inodes(point: Path, spare: int) -> None:
+    stats = os.statvfs(point)
+    used = stats.f_files - stats.f_ffree
+    subprocess.run(["mount", "-o", f"remount,nr_inodes={used + spare}", str(point)], check=True)
+
+
 @pytest.mark.parametrize(
     "where",
     [
@@ -389,9 +395,13 @@ def test_disk_full_changes_nothing(template: Path, small_filesystem, where: str)
     free = {
         "backup": first // 2,  # the first backup does not fit
         "output": first + first // 2,  # its backup fits, the patched wheel does not
-        "staging": 2 * sum(sizes) + 2**20,  # every wheel fits, the reinstall does not
+        "staging": 2 * sum(sizes) + 2**20,  # bytes for everything...
     }[where]
     prefix = _small_copy(small_filesystem, template, free)
+    if where == "staging":
+        # ...but inodes only for the wheels' backups and temporary files: the
+        # reinstall's staging tree (a directory per path component) does not fit.
+        _limit_inodes(prefix.parent, spare=8)
     before = exact_state(prefix)
     wheel = bundled_wheels(prefix)[min(bundled_wheels(prefix))]
     line = _one_line_error(run_forked(["apply", str(prefix)]), "No space left on device")
@@ -402,6 +412,8 @@ def test_disk_full_changes_nothing(template: Path, small_filesystem, where: str)
         )
     elif where == "output":
         assert line == f"pipfix: error: {wheel}: cannot write: No space left on device"
+    else:
+        assert line.startswith(f"pipfix: error: {prefix / '.pipfix' / 'stage-'}"), line
     assert exact_state(prefix) == before
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-from . import operations
 from ._version import __version__
 from .errors import PipfixError
 from .reports import RunReport, WheelReport
@@ -34,16 +33,22 @@ def _many(targets: Target | list[Target] | tuple[Target, ...] | None) -> list[Ta
 
 def apply(target: Target | list[Target], dry_run: bool = False) -> RunReport:
     """Patch the ensurepip wheels of ``target`` in place (exact backups kept)."""
+    from . import operations
+
     return operations.apply(_many(target), dry_run=dry_run)
 
 
 def check(target: Target | list[Target] | None = None) -> RunReport:
     """Report which ensurepip wheels need patching (default: the running Python)."""
+    from . import operations
+
     return operations.check(_many(target))
 
 
 def restore(target: Target | list[Target]) -> RunReport:
     """Put back the exact original wheels."""
+    from . import operations
+
     return operations.restore(_many(target))
 
 
@@ -51,11 +56,15 @@ def patch_wheel(
     path: Target | list[Target], out_dir: Target | None = None, in_place: bool = False
 ) -> RunReport:
     """Patch loose wheel files into ``out_dir`` (or in place)."""
+    from . import operations
+
     return operations.patch_wheel(_many(path), out_dir, in_place=in_place)
 
 
 def diff(target: Target | list[Target] | None = None) -> str:
     """The unified diff pipfix would apply."""
+    from . import operations
+
     return operations.diff(_many(target))
 
 

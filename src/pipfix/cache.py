@@ -8,11 +8,13 @@ unset or not absolute), and a later run on the same input skips libcst.
 
 An entry is two files: ``<key>.whl``, the patched wheel, and ``<key>.json``,
 the codemod ids of each changed file (what a plan reports besides the bytes).
-Nothing in an entry is trusted: before use the wheel must verify fully with
-``wheelfile.verify`` under the input's file name, its provenance must name the
-input's sha256 and file name, this pipfix and this patch set, and rebuilding
-the input with its changed members must give exactly its bytes.  Anything else
-is a miss, and the cold run that follows writes a fresh entry over it.
+Nothing in an entry is trusted: its sha256 must be the one its index names,
+its provenance must name the input's sha256 and file name, this pipfix and
+this patch set, and rebuilding the (fully verified) input with its changed
+members must give exactly its bytes -- which makes every other byte, RECORD
+included, pipfix's own.  Anything else is a miss, and the cold run that
+follows writes a fresh entry over it.  The command then verifies the output
+it writes as it does any other (``patcher.verify_output``).
 
 Writes go to a temporary file in the cache directory and are renamed into
 place (no fsync: a torn entry fails verification).  The cache never fails a
@@ -31,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import provenance, record, wheelfile
+from . import provenance, record, wheelfile, zipraw
 from ._version import __version__
 
 FORMAT = 1
@@ -59,8 +61,8 @@ def entry_key(filename: str, sha256: str) -> str:
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
-def _entry_paths(root: Path, wheel: wheelfile.VerifiedWheel) -> tuple[Path, Path]:
-    key = entry_key(wheel.path.name, wheel.sha256)
+def _entry_paths(root: Path, filename: str, sha256: str) -> tuple[Path, Path]:
+    key = entry_key(filename, sha256)
     directory = root / _SUBDIR
     return directory / f"{key}.whl", directory / f"{key}.json"
 
@@ -108,12 +110,18 @@ def _parse_index(raw: bytes, wheel: wheelfile.VerifiedWheel) -> tuple[str, _Chan
 
 
 def _check_output(wheel: wheelfile.VerifiedWheel, data: bytes, changes: _Changes) -> CachedPatch:
-    """The cached wheel, verified against its input; ValueError otherwise."""
-    output = wheelfile.verify(Path(wheel.path.name), data)  # VerificationError: a miss
-    name = provenance.member_name(output.dist_info)
-    if output.dist_info != wheel.dist_info or name not in output.contents:
+    """The cached wheel, verified against its input; ValueError otherwise.
+
+    Only the members the entry says changed (and the provenance) are read:
+    the entry must then be byte for byte the rebuild of the verified input
+    with them, so every other byte -- RECORD included -- is what pipfix
+    itself would write, and verifying the whole archive again adds nothing.
+    """
+    members = {member.name: member for member in zipraw.read_archive(data).members}
+    name = provenance.member_name(wheel.dist_info)
+    if name not in members:
         raise ValueError("cached wheel lacks its provenance")
-    found = provenance.Provenance.from_bytes(output.contents[name])
+    found = provenance.Provenance.from_bytes(zipraw.read_payload(members[name]))
     paths = tuple(path for path, _ in changes)
     wanted = provenance.Provenance(
         pipfix_version=__version__,
@@ -125,9 +133,9 @@ def _check_output(wheel: wheelfile.VerifiedWheel, data: bytes, changes: _Changes
     )
     if found != wanted:
         raise ValueError("cached wheel's provenance does not match its input")
-    if any(path not in wheel.contents or path not in output.contents for path in paths):
+    if any(path not in wheel.contents or path not in members for path in paths):
         raise ValueError("cached wheel changes files its input does not have")
-    changed = {path: output.contents[path] for path in paths}
+    changed = {path: zipraw.read_payload(members[path]) for path in paths}
     # Exactly what rebuilding the input with these members gives: nothing else differs.
     if wheelfile.rebuild(wheel, changed, {name: found.to_bytes()}) != data:
         raise ValueError("cached wheel is not a rebuild of its input")
@@ -139,7 +147,7 @@ def load(wheel: wheelfile.VerifiedWheel, root: Path | None = None) -> CachedPatc
     root = root if root is not None else cache_root()
     if root is None:
         return None
-    wheel_path, index_path = _entry_paths(root, wheel)
+    wheel_path, index_path = _entry_paths(root, wheel.path.name, wheel.sha256)
     try:
         output_sha256, changes = _parse_index(index_path.read_bytes(), wheel)
         if wheel_path.stat().st_size > wheelfile.MAX_WHEEL_BYTES:
@@ -186,7 +194,7 @@ def store(
     root = root if root is not None else cache_root()
     if root is None:
         return False
-    wheel_path, index_path = _entry_paths(root, wheel)
+    wheel_path, index_path = _entry_paths(root, wheel.path.name, wheel.sha256)
     index = {
         "format": FORMAT,
         "pipfix_version": __version__,

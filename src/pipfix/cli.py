@@ -8,12 +8,15 @@ and a documented exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from . import doctor_cli, operations
+from . import doctor_cli
 from ._version import __version__
 from .errors import EXIT_ERROR, EXIT_OK, PipfixError
 from .reports import RunReport, WheelReport
@@ -77,12 +80,18 @@ def _render(report: RunReport, args: argparse.Namespace) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    report = operations.check(args.targets, under=args.all, use_cache=not args.no_cache)
+    from . import operations
+
+    report = operations.check(
+        args.targets, under=args.all, use_cache=not args.no_cache, jobs=args.jobs
+    )
     _render(report, args)
     return report.exit_code
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
+    from . import operations
+
     report = operations.apply(
         args.targets,
         dry_run=args.dry_run,
@@ -91,26 +100,37 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         ensurepip=args.ensurepip,
         reinstall=not args.wheels_only,
         use_cache=not args.no_cache,
+        jobs=args.jobs,
     )
     _render(report, args)
     return report.exit_code
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
+    from . import operations
+
     report = operations.restore(args.targets, under=args.all)
     _render(report, args)
     return report.exit_code
 
 
 def _cmd_patch_wheel(args: argparse.Namespace) -> int:
+    from . import operations
+
     report = operations.patch_wheel(
-        args.wheels, args.output, in_place=args.in_place, use_cache=not args.no_cache
+        args.wheels,
+        args.output,
+        in_place=args.in_place,
+        use_cache=not args.no_cache,
+        jobs=args.jobs,
     )
     _render(report, args)
     return report.exit_code
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
+    from . import operations
+
     text = operations.diff(args.items)
     sys.stdout.flush()
     sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
@@ -138,6 +158,25 @@ def _add_cache_flag(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="neither use nor fill the cache of patched wheels ($XDG_CACHE_HOME/pipfix)",
     )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="verify and patch up to N wheels at once (default: one per usable CPU; "
+        "serial below three wheels)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _add_output_flags(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
@@ -270,3 +309,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pipfix: interrupted", file=sys.stderr)
         return 130
+
+
+def run() -> NoReturn:
+    """The ``pipfix`` command: ``main``, then exit without tearing the interpreter down.
+
+    Every file pipfix writes is complete (fsynced and renamed) before ``main``
+    returns and nothing is left to finalizers, so the only work a normal exit
+    would add is freeing every object one by one: 60-100 ms after a libcst run.
+    The cyclic garbage collector runs rarely: a run allocates hundreds of
+    thousands of short-lived objects (libcst trees, RECORD rows) that hold no
+    cycles, and scanning them at the default rate cost a tenth of a run.
+    """
+    gc.set_threshold(100_000, 50, 100)
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe: what could not be printed is lost either way
+        code = code or EXIT_ERROR
+    os._exit(code)

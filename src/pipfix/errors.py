@@ -25,6 +25,11 @@ class PipfixError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self) -> tuple[type[PipfixError], tuple[Path, str]]:
+        # Rebuilt from (path, reason), not from the message: a worker process
+        # (``parallel``) sends its errors to the parent pickled.
+        return (type(self), (self.path, self.reason))
+
 
 class VerificationError(PipfixError):
     """A wheel whose archive, names or RECORD cannot be trusted."""

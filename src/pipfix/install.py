@@ -15,12 +15,13 @@ import io
 import os
 import re
 import shutil
+import stat
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from installer import install as installer_install
 from installer.destinations import SchemeDictionaryDestination
@@ -133,7 +134,14 @@ class _ScriptedWheel(WheelFile):
 
 
 class _StagingDestination(SchemeDictionaryDestination):
-    """installer's destination, writing under a staging root, launchers by policy."""
+    """installer's destination, writing under a staging root, launchers by policy.
+
+    A file whose final path already holds exactly its bytes is not staged
+    (the swap would leave it alone anyway): installer still hashes it for
+    RECORD, and ``unchanged`` lists it, so it counts as part of the install.
+    A patch changes a handful of modules; staging the other ~750 files of pip
+    and setuptools was most of the time of a reinstall.
+    """
 
     def __init__(
         self,
@@ -150,6 +158,38 @@ class _StagingDestination(SchemeDictionaryDestination):
             destdir=str(stage_root),
         )
         self._script_bytes = script_bytes
+        self.unchanged: set[Path] = set()
+
+    def write_to_fs(  # type: ignore[override,unused-ignore]
+        self, scheme: Scheme, path: str, stream: BinaryIO, is_executable: bool
+    ) -> RecordEntry:
+        data = stream.read()
+        final = self._already_installed(scheme, path, data, is_executable)
+        if final is None:
+            return super().write_to_fs(scheme, path, io.BytesIO(data), is_executable)
+        self.unchanged.add(final)
+        return record.entry_for(path, data)
+
+    def _already_installed(
+        self, scheme: Scheme, path: str, data: bytes, is_executable: bool
+    ) -> Path | None:
+        """The final path, if it is a regular file holding ``data`` (and the mode it needs)."""
+        if path.endswith(".dist-info/RECORD"):
+            return None  # always rewritten: it gains the rows of the bytecode caches
+        root = os.path.abspath(self.scheme_dict[scheme])
+        final = os.path.abspath(os.path.join(root, path))
+        if os.path.commonpath([root, final]) != root:
+            return None  # installer refuses it
+        try:
+            info = os.lstat(final)
+            if not stat.S_ISREG(info.st_mode) or info.st_size != len(data):
+                return None
+            if is_executable and not info.st_mode & 0o111:
+                return None
+            with open(final, "rb") as handle:
+                return Path(final) if handle.read() == data else None
+        except OSError:
+            return None
 
     def write_script(self, name: str, module: str, attr: str, section: str) -> RecordEntry:  # type: ignore[override,unused-ignore]
         data = self._script_bytes(name, module, attr, section)
@@ -308,7 +348,7 @@ def _stage(
     staged = _staged_files(stage_root)
 
     operations: list[swap.Operation] = []
-    new_finals = set(kept_caches)
+    new_finals = set(kept_caches) | destination.unchanged
     recorded = {dist.absolute(p): e for p, e in dist.records.items()} if dist is not None else {}
     for staged_file in staged:
         final = _final_path(stage_root, staged_file)

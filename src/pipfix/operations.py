@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import install, patcher, record, store, swap
+from . import parallel, patcher, record, store, swap
 from .errors import (
     EXIT_NEEDS_ATTENTION,
     EXIT_OK,
@@ -20,7 +20,6 @@ from .errors import (
     PipfixError,
     VerificationError,
 )
-from .extension_restore import restore_extensions
 from .patcher import WheelPlan, WheelState
 from .reports import RunReport, WheelReport
 from .target import (
@@ -29,6 +28,11 @@ from .target import (
     find_installations_under,
     running_interpreter_prefix,
 )
+
+# ``install`` (installer, schemes, launchers) and the extension restore are
+# imported by the commands that use them: patch-wheel starts faster without.
+if TYPE_CHECKING:
+    from . import install
 
 
 def _installations(
@@ -108,10 +112,14 @@ def check(
     *,
     under: str | Path | None = None,
     use_cache: bool = True,
+    jobs: int | None = None,
 ) -> RunReport:
-    """Which ensurepip wheels and installed pips need patching; exit 1 when any does."""
+    """Which ensurepip wheels and installed pips need patching; exit 1 when any does.
+
+    ``jobs``: most wheels verified and planned at once (``parallel.plan_all``).
+    """
     installations = _installations(targets, default=True, under=under)
-    plans = [patcher.plan(path, use_cache=use_cache) for path in _wheel_paths(installations)]
+    plans = parallel.plan_all(_wheel_paths(installations), use_cache=use_cache, jobs=jobs)
     reports = tuple(
         _report(p, "would patch" if p.state is WheelState.NEEDS_PATCH else _IDLE_ACTIONS[p.state])
         for p in plans
@@ -131,6 +139,8 @@ def check(
 
 def _patched_wheels(plans: Iterable[WheelPlan]) -> dict[install.WheelKey, tuple[str, bytes]]:
     """Patched bytes of every ensurepip wheel, by (name, version)."""
+    from . import install
+
     patched = {}
     for plan in plans:
         wheel = plan.wheel
@@ -146,6 +156,8 @@ def _bundled_by_version(
     installations: Iterable[Installation], patched: dict[install.WheelKey, tuple[str, bytes]]
 ) -> dict[str, list[tuple[str, bytes]]]:
     """For --ensurepip: the patched wheels each Python version's ensurepip bundles."""
+    from . import install
+
     bundled: dict[str, list[tuple[str, bytes]]] = {}
     for installation in installations:
         for lib in installation.libs:
@@ -160,6 +172,8 @@ def _bundled_by_version(
 def _inspect_installs(
     installations: Iterable[Installation], plans: list[WheelPlan]
 ) -> list[install.InstallReport]:
+    from . import install
+
     patched = _patched_wheels(plans)
     reports = []
     for installation in installations:
@@ -178,14 +192,18 @@ def apply(
     ensurepip: bool = False,
     reinstall: bool = True,
     use_cache: bool = True,
+    jobs: int | None = None,
 ) -> RunReport:
     """Patch the ensurepip wheels in place (exact backups), then the installed pips.
 
     ``use_cache``: take patched wheels from (and keep them in) the user's cache.
+    ``jobs``: most wheels verified and planned at once (``parallel.plan_all``).
     """
+    from . import install
+
     installations = _installations(targets, default=dry_run, under=under)
     if dry_run:
-        report = check(targets, under=under, use_cache=use_cache)
+        report = check(targets, under=under, use_cache=use_cache, jobs=jobs)
         return RunReport(
             "apply",
             report.targets,
@@ -196,9 +214,8 @@ def apply(
         )
     options = install.InstallOptions(relocatable=relocatable, ensurepip=ensurepip)
     # Verify everything before taking the lock: bad input must not change a byte.
-    planned = {
-        path: patcher.plan(path, use_cache=use_cache) for path in _wheel_paths(installations)
-    }
+    paths = _wheel_paths(installations)
+    planned = dict(zip(paths, parallel.plan_all(paths, use_cache=use_cache, jobs=jobs)))
     if reinstall:
         for installation in installations:
             install.preflight(installation)
@@ -327,6 +344,9 @@ def diff(items: Sequence[str | Path] = ()) -> str:
 
 def restore(targets: Sequence[str | Path], *, under: str | Path | None = None) -> RunReport:
     """Put back the exact originals: ensurepip wheels and installed distributions."""
+    from . import install
+    from .extension_restore import restore_extensions
+
     installations = _installations(targets, default=False, under=under)
     reports: list[WheelReport] = []
     installs: list[install.InstallReport] = []
@@ -398,8 +418,9 @@ def patch_wheel(
     *,
     in_place: bool = False,
     use_cache: bool = True,
+    jobs: int | None = None,
 ) -> RunReport:
-    """The same pipeline for loose wheel files (build steps)."""
+    """The same pipeline for loose wheel files (build steps); ``jobs`` as for apply."""
     if (out_dir is None) == (not in_place):
         raise PipfixError(Path("."), "give exactly one of an output directory or in-place")
     paths = [Path(w).absolute() for w in wheels]
@@ -409,7 +430,7 @@ def patch_wheel(
     destination_dir = Path(out_dir).absolute() if out_dir is not None else None
     if destination_dir is not None and not destination_dir.is_dir():
         raise PipfixError(destination_dir, "output directory does not exist")
-    planned = [patcher.plan(path, use_cache=use_cache) for path in paths]
+    planned = parallel.plan_all(paths, use_cache=use_cache, jobs=jobs)
     reports = []
     lock_dirs = {store.state_dir_for(p) for p in paths} if in_place else set()
     with _locked(lock_dirs):

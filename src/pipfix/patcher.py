@@ -117,6 +117,15 @@ class WheelPlan:
             cache.store(self.wheel, data, [(c.path, c.codemods) for c in self.changes])
         return data
 
+    def build_verified(self) -> bytes:
+        """``build()``, then pipfix's reader over the output at once (a worker
+        process does this, so that its parent only writes)."""
+        data = self.build()
+        if not self._built.verified:
+            verify_rebuilt(self.wheel.path, data, self)
+            self._built.verified = True
+        return data
+
     def diff(self) -> str:
         """Unified diff of every changed member, as a reviewer reads it."""
         import difflib

@@ -7,8 +7,6 @@ files that changed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import hashlib
 import io
@@ -36,16 +34,19 @@ class RecordError(ValueError):
     """RECORD cannot be parsed or does not meet the wheel spec."""
 
 
+# Unpadded urlsafe base64 of a digest of n bytes has ceil(4n/3) characters, and
+# only that length decodes to n bytes.
+_DIGEST_LENGTHS = {name: -(-hashlib.new(name).digest_size * 4 // 3) for name in ACCEPTED_HASHES}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _digest_ok(hash_: Hash) -> bool:
     """urlsafe base64 without padding, of the algorithm's digest size (what pip,
     installer and wheel all decode; anything else makes one of them fail)."""
-    if not _DIGEST.fullmatch(hash_.value):
-        return False
-    try:
-        raw = base64.urlsafe_b64decode(hash_.value + "=" * (-len(hash_.value) % 4))
-    except (binascii.Error, ValueError):
-        return False
-    return len(raw) == hashlib.new(hash_.name).digest_size
+    return (
+        len(hash_.value) == _DIGEST_LENGTHS[hash_.name]
+        and _DIGEST.fullmatch(hash_.value) is not None
+    )
 
 
 def parse(text: str) -> dict[str, RecordEntry]:
@@ -60,7 +61,7 @@ def parse(text: str) -> dict[str, RecordEntry]:
             raise RecordError(f"RECORD row {number} is empty")
         if len(row) != 3:
             raise RecordError(f"RECORD row {number} has {len(row)} fields, expected 3")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in row[0]):
+        if _CONTROL.search(row[0]):
             # Only a quoted field can hold a line break; rewrite() works line by line.
             raise RecordError(f"RECORD row {number} has a control character in its path")
         try:

@@ -111,8 +111,10 @@ def replace_atomically(
         raise PipfixError(path, f"cannot write: {describe_os_error(exc)}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if created and not replaced:
-            clean_state_dir(state)  # a failed write leaves no empty state directory behind
+        if created and (not replaced or path.parent != state):
+            # Nothing of this write stays in a state directory it created (an
+            # output directory of patch-wheel keeps only the wheels).
+            clean_state_dir(state)
 
 
 def ensure_backup(path: Path, original: bytes) -> Path:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
 import stat
+import threading
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 from packaging.utils import (
     InvalidWheelFilename,
@@ -56,12 +59,27 @@ class VerifiedWheel:
     def record_path(self) -> str:
         return f"{self.dist_info}/RECORD"
 
+    def without_members(self) -> VerifiedWheel:
+        """This wheel without its inflated members, RECORD rows and member records.
+
+        What a worker process (``parallel``) sends back with a plan it already
+        built and verified: the parent only writes the output, and pickling
+        ~7 MB of inflated members per wheel cost more than the work it shares.
+        """
+        return replace(
+            self, archive=zipraw.RawArchive((), self.archive.comment), contents={}, records={}
+        )
+
+
+_UNDECODED = re.compile(r"[\udc80-\udcff]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 
 def _check_name(name: str, flags: int) -> str | None:
     """Why a member name is unsafe, or None."""
     if not flags & 0x800 and not name.isascii():
         return "is not UTF-8 encoded"
-    if any("\udc80" <= c <= "\udcff" for c in name):  # bytes zipraw could not decode
+    if _UNDECODED.search(name):  # bytes zipraw could not decode
         return "is not UTF-8 encoded"
     if not name:
         return "is empty"
@@ -76,7 +94,7 @@ def _check_name(name: str, flags: int) -> str | None:
     # "pkg/./mod.py" or "pkg//mod.py" would install over "pkg/mod.py": one file, two rows.
     if any(part in ("", ".") for part in (name[:-1] if name.endswith("/") else name).split("/")):
         return "is not a normalized path"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    if _CONTROL.search(name):
         return "contains a control character"
     return None
 
@@ -149,17 +167,53 @@ def _check_zipfile_agrees(path: Path, data: bytes, archive: zipraw.RawArchive) -
         raise VerificationError(path, "central directory is inconsistent")
 
 
+# Inflating is most of the time of verifying a wheel, and zlib releases the GIL
+# while it works: above this many compressed bytes a second thread inflates the
+# later half of the members.
+_TWO_THREADS_FROM = 256 * 1024
+
+
 def _read_contents(path: Path, data: bytes, archive: zipraw.RawArchive) -> dict[str, bytes]:
     _check_zipfile_agrees(path, data, archive)
+    files = [member for member in archive.members if not member.name.endswith("/")]
+    total = sum(member.compressed_size for member in files)
+    split = len(files)
+    if total >= _TWO_THREADS_FROM:
+        running = 0
+        for index, member in enumerate(files):
+            running += member.compressed_size
+            if running >= total // 2:
+                split = index + 1
+                break
+    later: list[_Inflated] = []
+    if split < len(files):
+        helper = threading.Thread(target=lambda: later.append(_inflate(files[split:])))
+        helper.start()
+        earlier = _inflate(files[:split])
+        helper.join()
+    else:
+        earlier = _inflate(files)
     contents: dict[str, bytes] = {}
-    for member in archive.members:
-        if member.name.endswith("/"):
-            continue
-        try:
-            contents[member.name] = zipraw.read_payload(member)
-        except zipraw.RawZipError as exc:
-            raise VerificationError(path, f"member {member.name!r} {exc}") from None
+    for payloads, failure in (earlier, *later):  # in member order: the first failure is reported
+        contents.update(payloads)
+        if failure is not None:
+            member, exc = failure
+            raise VerificationError(path, f"member {member.name!r} {exc}")
     return contents
+
+
+_Inflated = tuple[dict[str, bytes], Optional[tuple[zipraw.RawMember, zipraw.RawZipError]]]
+
+
+def _inflate(members: list[zipraw.RawMember]) -> _Inflated:
+    """Payloads of ``members`` in order, up to the first that fails (and its error)."""
+    payloads: dict[str, bytes] = {}
+    for member in members:
+        try:
+            payloads[member.name] = zipraw.read_payload(member)
+        except zipraw.RawZipError as exc:
+            return payloads, (member, exc)
+    return payloads, None
 
 
 def _check_record(

@@ -42,7 +42,6 @@ from libcst.metadata import (
 
 from .helpers import (
     IMPORTERROR_CATCHERS,
-    AncestorVisitor,
     Handler,
     Outcome,
     PathTransformer,
@@ -53,6 +52,7 @@ from .helpers import (
     assign_none,
     dotted_name,
     enclosing_tries,
+    find,
     first_lines,
     guard,
     handler_catches,
@@ -89,28 +89,20 @@ def applies_to(source: bytes) -> bool:
     return is_glibc_detection_module(source) or has_module_level_ctypes_import(source)
 
 
-class _Finder(AncestorVisitor):
-    """Collects every ctypes import with its ancestors."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.imports: list[tuple[cst.Import | cst.ImportFrom, tuple[cst.CSTNode, ...]]] = []
-
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        # Imports are statements: nothing below a small statement or an
-        # expression can hold one, so skip those subtrees (most of the tree).
-        descend = super().on_visit(node)
-        return descend and not isinstance(node, (cst.BaseSmallStatement, cst.BaseExpression))
-
-    def _record(self, node: cst.Import | cst.ImportFrom) -> None:
-        if any(is_ctypes(target) for _, target in import_bindings(node)):
-            self.imports.append((node, tuple(self.ancestors)))
-
-    def visit_Import(self, node: cst.Import) -> None:
-        self._record(node)
-
-    def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
-        self._record(node)
+def _ctypes_imports(
+    module: cst.Module,
+) -> list[tuple[cst.Import | cst.ImportFrom, tuple[cst.CSTNode, ...]]]:
+    """Every ctypes import with its ancestors.  Imports are statements: nothing
+    below a small statement or an expression can hold one (most of the tree)."""
+    found = find(
+        module, (cst.Import, cst.ImportFrom), prune=(cst.BaseSmallStatement, cst.BaseExpression)
+    )
+    return [
+        (node, ancestors)
+        for node, ancestors in found
+        if isinstance(node, (cst.Import, cst.ImportFrom))
+        and any(is_ctypes(target) for _, target in import_bindings(node))
+    ]
 
 
 class _Plan:
@@ -282,11 +274,9 @@ def run(module: cst.Module, source: bytes) -> Outcome:
 
 def _run_glibc(module: cst.Module) -> Outcome:
     """Rules 1-3: every ctypes import of a glibc-detection module, or report why not."""
-    finder = _Finder()
-    module.visit(finder)
     plan = _Plan()
     problems: _Problems = []
-    for node, ancestors in finder.imports:
+    for node, ancestors in _ctypes_imports(module):
         if is_protected(ancestors, node):
             continue
         plan.within.update(ancestors)
@@ -321,37 +311,26 @@ def _is_plain_module_level_import(
     return isinstance(line, cst.SimpleStatementLine) and len(line.body) == 1
 
 
-class _ValueReturn(cst.CSTVisitor):
-    """Finds ``return <value>`` or ``yield`` in a function body, not in nested scopes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found = False
-
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        if self.found or isinstance(node, (cst.FunctionDef, cst.Lambda, cst.ClassDef)):
-            return False
-        if isinstance(node, cst.Yield):
-            self.found = True
-        elif isinstance(node, cst.Return) and node.value is not None:
-            value = node.value
-            self.found = not (isinstance(value, cst.Name) and value.value == "None")
-        return not self.found
-
-
 def _returns_value(function: cst.FunctionDef) -> bool:
-    finder = _ValueReturn()
-    function.body.visit(finder)
-    return finder.found
+    """``return <value>`` (not None) or ``yield`` in the body, outside nested scopes."""
+    found = find(
+        function.body, (cst.Return, cst.Yield), prune=(cst.FunctionDef, cst.Lambda, cst.ClassDef)
+    )
+    for node, _ancestors in found:
+        if isinstance(node, cst.Yield):
+            return True
+        if isinstance(node, cst.Return) and node.value is not None:
+            value = node.value
+            if not (isinstance(value, cst.Name) and value.value == "None"):
+                return True
+    return False
 
 
 def _run_anywhere(module: cst.Module) -> Outcome:
     """Rule 4: a plain module-level ``import ctypes`` whose name only functions read."""
     unchanged = Outcome(module, changed=False, problems=())
-    finder = _Finder()
-    module.visit(finder)
     candidate: tuple[cst.Import | cst.ImportFrom, tuple[cst.CSTNode, ...]] | None = None
-    for node, ancestors in finder.imports:
+    for node, ancestors in _ctypes_imports(module):
         if _is_plain_module_level_import(node, ancestors):
             if candidate is not None:
                 return unchanged  # imported twice: the name is bound twice

@@ -12,13 +12,13 @@ from __future__ import annotations
 import libcst as cst
 
 from .helpers import (
-    AncestorVisitor,
     Outcome,
     PathTransformer,
     Site,
     Statement,
     as_line,
     dotted_name,
+    find,
     guard,
     import_bindings,
     is_ctypes,
@@ -63,13 +63,19 @@ def _passes_none(call: cst.Call) -> bool:
     )
 
 
-class _Finder(AncestorVisitor):
+class _Finder:
     """Collects ctypes aliases and every ``<something>(None)`` call with its ancestors."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, module: cst.Module) -> None:
         self.aliases: dict[str, str] = {}
         self.calls: list[tuple[cst.Call, str, tuple[cst.CSTNode, ...]]] = []
+        for node, ancestors in find(module, (cst.Call, cst.Import, cst.ImportFrom)):
+            if isinstance(node, cst.Call):
+                name = dotted_name(node.func)
+                if name is not None and _passes_none(node):
+                    self.calls.append((node, name, ancestors))
+            elif isinstance(node, (cst.Import, cst.ImportFrom)):
+                self._bind(node)
 
     def _bind(self, node: cst.Import | cst.ImportFrom) -> None:
         for local, target in import_bindings(node):
@@ -79,17 +85,6 @@ class _Finder(AncestorVisitor):
                 self.aliases.update((name, f"ctypes.{name}") for name in _STAR_NAMES)
             else:
                 self.aliases[local] = target
-
-    def visit_Import(self, node: cst.Import) -> None:
-        self._bind(node)
-
-    def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
-        self._bind(node)
-
-    def visit_Call(self, node: cst.Call) -> None:
-        name = dotted_name(node.func)
-        if name is not None and _passes_none(node):
-            self.calls.append((node, name, tuple(self.ancestors)))
 
     def qualified(self, name: str) -> str:
         """Qualified name of ``name`` as written, following import aliases."""
@@ -122,8 +117,7 @@ def run(module: cst.Module, source: bytes) -> Outcome:
 
     ``source`` (the bytes parsed) is not needed: any module may call ``CDLL(None)``.
     """
-    finder = _Finder()
-    module.visit(finder)
+    finder = _Finder(module)
     statements: set[Statement] = set()
     within: set[cst.CSTNode] = set()
     problems: list[tuple[cst.CSTNode, str]] = []

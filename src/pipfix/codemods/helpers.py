@@ -3,13 +3,15 @@
 Both codemods ask the same questions about a node: does an enclosing ``try`` in
 the same function already catch OSError, which statement would have to be
 wrapped, and is that statement somewhere a ``try`` can be put at all.  They also
-build the same guard shapes.  Ancestors are tracked with a stack while visiting
-(``AncestorVisitor``) instead of ``ParentNodeProvider``: one plain pass is much
-cheaper than resolving metadata for every node.
+build the same guard shapes.  The analyses search the tree with ``find``, which
+reads each node's fields and keeps the ancestors on a stack: libcst's visitor
+(and ``ParentNodeProvider``) rebuild and re-validate every node they pass, which
+made the search most of the cost of a codemod.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Union
@@ -82,28 +84,60 @@ def outcome(
     """Apply ``transformer`` unless there are problems, which are reported by line."""
     if problems:
         lines = first_lines(module, [node for node, _ in problems])
-        reported = tuple((line, reason) for line, (_, reason) in zip(lines, problems))
-        return Outcome(module, changed=False, problems=reported)
+        reported = sorted(
+            ((line, reason) for line, (_, reason) in zip(lines, problems)), key=lambda p: p[0]
+        )
+        return Outcome(module, changed=False, problems=tuple(reported))
     if transformer is None:
         return Outcome(module, changed=False, problems=())
     return Outcome(module.visit(transformer), changed=True, problems=())
 
 
-class AncestorVisitor(cst.CSTVisitor):
-    """A visitor that knows the ancestors (outermost first) of the node being visited."""
+Found = list[tuple[cst.CSTNode, tuple[cst.CSTNode, ...]]]
+_CHILD_FIELDS: dict[type[cst.CSTNode], tuple[str, ...]] = {}
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.ancestors: list[cst.CSTNode] = []
 
-    def on_visit(self, node: cst.CSTNode) -> bool:
-        descend = super().on_visit(node)
-        self.ancestors.append(node)
-        return descend
+def find(
+    root: cst.CSTNode,
+    wanted: tuple[type[cst.CSTNode], ...],
+    prune: tuple[type[cst.CSTNode], ...] = (),
+) -> Found:
+    """Every node of a ``wanted`` type at or below ``root``, with its ancestors
+    (outermost first, the node itself excluded); nothing below a ``prune`` node
+    is searched.
 
-    def on_leave(self, original_node: cst.CSTNode) -> None:
-        self.ancestors.pop()
-        super().on_leave(original_node)
+    Statements come in source order; expressions a statement holds outside its
+    body (decorators, annotations) may come after the body.  The tree is only
+    read: no node is rebuilt.
+    """
+    found: Found = []
+    path: list[cst.CSTNode] = []
+
+    def search(node: cst.CSTNode) -> None:
+        if isinstance(node, wanted):
+            found.append((node, tuple(path)))
+        if isinstance(node, prune):
+            return
+        path.append(node)
+        for name in _child_fields(type(node)):
+            value = getattr(node, name)
+            if isinstance(value, cst.CSTNode):
+                search(value)
+            elif isinstance(value, (tuple, list)):
+                for item in value:
+                    if isinstance(item, cst.CSTNode):
+                        search(item)
+        path.pop()
+
+    search(root)
+    return found
+
+
+def _child_fields(kind: type[cst.CSTNode]) -> tuple[str, ...]:
+    names = _CHILD_FIELDS.get(kind)
+    if names is None:
+        names = _CHILD_FIELDS[kind] = tuple(field.name for field in dataclasses.fields(kind))
+    return names
 
 
 class PathTransformer(cst.CSTTransformer):

@@ -162,3 +162,22 @@ def test_diff_writes_nothing(tmp_path: Path, pinned_wheels) -> None:
     assert result.returncode == 0
     assert result.stdout.startswith("--- a/pip/_internal/utils/glibc.py")
     assert sorted(p.name for p in tmp_path.iterdir()) == [wheel.name]
+
+
+def test_quick_exit_still_runs_exit_handlers_and_keeps_the_code(tmp_path: Path) -> None:
+    """The command skips the interpreter's teardown, not what others registered to run
+    at exit (coverage, logging), and exits with main's code."""
+    marker = tmp_path / "handler-ran"
+    script = (
+        "import atexit, pathlib, sys\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+        "sys.argv = ['pipfix', 'check', sys.argv[1]]\n"
+        "from pipfix.cli import run\n"
+        "run()\n"
+    )
+    result = run(
+        [sys.executable, "-c", script, str(tmp_path / "missing")],
+        env=clean_env(PYTHONPATH=str(SRC)),
+    )
+    assert result.returncode == 2 and "pipfix: error:" in result.stderr
+    assert marker.read_text() == "yes"

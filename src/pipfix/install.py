@@ -208,12 +208,14 @@ def _staged_files(stage_root: Path) -> list[Path]:
     return sorted(p for p in stage_root.rglob("*") if p.is_file())
 
 
+# What compileall.compile_file(source, ddir=final_dir, force=True) does, without
+# importing compileall in the target: (staged source, its final directory) pairs.
 _COMPILE = (
-    "import compileall, sys\n"
+    "import os, py_compile, sys\n"
     "args = sys.argv[1:]\n"
-    "ok = all(compileall.compile_file(args[i], ddir=args[i + 1], quiet=2, force=True)"
-    " for i in range(0, len(args), 2))\n"
-    "sys.exit(0 if ok else 1)\n"
+    "for source, final_dir in zip(args[::2], args[1::2]):\n"
+    "    final = os.path.join(final_dir, os.path.basename(source))\n"
+    "    py_compile.compile(source, dfile=final, doraise=True)\n"
 )
 
 

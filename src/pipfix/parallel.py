@@ -10,13 +10,14 @@ plan depends only on its input.
 
 Serial instead when forking is not safe or not worth it: fewer than
 ``MIN_WHEELS`` wheels (each worker pays its own libcst import), one CPU,
-no ``fork`` on this platform, or other threads alive in this process (a fork
+a platform other than Linux, or other threads alive in this process (a fork
 copies their locks, held or not).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -55,7 +56,8 @@ def plan_all(
 
 
 def _fork_is_safe() -> bool:
-    return hasattr(os, "fork") and threading.active_count() == 1
+    # Linux only: macOS system libraries are not fork-safe (CPython spawns there).
+    return sys.platform.startswith("linux") and threading.active_count() == 1
 
 
 def _plan_and_build(path: Path, use_cache: bool) -> patcher.WheelPlan:

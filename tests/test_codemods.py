@@ -1253,3 +1253,42 @@ def test_any_nesting_of_blocks_ends_up_guarded(body: list[str]) -> None:
     guards = text(result).count("except OSError:") - source.count("except OSError:")
     assert guards == len(unguarded)
     assert result.applied == ("dlopen-self",) * bool(unguarded) + ("ctypes-import",)
+
+
+# --- the ast screen only saves work ------------------------------------------------------
+
+SCREEN_EXTRA = [
+    b"from ctypes import CDLL as load\ndef f():\n    return load(None)\n",
+    b"import ctypes as c\ndef f():\n    c.cdll.LoadLibrary(name=None)\n",
+    b"import ctypes\ndef f():\n    return 1\n",  # module-level import, no loader
+    b"import ctypes\nX = ctypes.c_int\n",  # read at module level: left alone
+    b"import ctypes\ndef f():\n    ctypes.CDLL(None)\n",
+    b"import ctypes\nfrom __future__ import annotations\n",  # does not compile
+    b"import ctypes\ndef f():\n    ctypes.pydll.LoadLibrary('x')\n",
+]
+
+
+def _screened_sources() -> list[bytes]:
+    """Every distinct member of the pinned wheels the byte pre-filter lets through,
+    the unsafe shapes of test_codemod_safety, and a few more."""
+    from test_codemod_safety import SHAPES
+
+    sources = {s for name in WHEELS for _, s in py_members(name) if could_need_change(s)}
+    sources.update(shape.encode("utf-8") for shape in SHAPES.values())
+    sources.update(SCREEN_EXTRA)
+    return sorted(sources)
+
+
+def test_screen_never_hides_a_change_or_a_report() -> None:
+    """Whatever the ``ast`` screen rules out, the codemods run on everything would have
+    left unchanged and unreported: the output is byte for byte the same."""
+    from pipfix.codemods import engine, screen
+
+    sources = _screened_sources()
+    ruled_out = 0
+    for source in sources:
+        screened = transform_source("m.py", source)
+        unscreened = engine.transform_source("m.py", source, in_scope=screen.ALL)
+        assert screened == unscreened, source[:200]
+        ruled_out += screen.codemods_in_scope(source) != screen.ALL
+    assert ruled_out > len(sources) // 2  # the screen does rule most of them out

@@ -22,9 +22,15 @@ def could_need_change(data: bytes) -> bool:
         return False
     return (
         _GLIBC_PROBE in data
-        or _LOADER.search(data) is not None
+        or mentions_a_loader(data)
         or _MODULE_LEVEL_IMPORT.search(data) is not None
     )
+
+
+def mentions_a_loader(data: bytes) -> bool:
+    """True if a ctypes loader name appears: ``dlopen-self`` cannot apply otherwise
+    (a call can only reach a loader through its name or an import naming it)."""
+    return _LOADER.search(data) is not None
 
 
 def is_glibc_detection_module(data: bytes) -> bool:

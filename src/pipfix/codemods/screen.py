@@ -36,7 +36,11 @@ import ast
 import warnings
 from collections.abc import Iterator, Sequence
 
-from .prefilter import has_module_level_ctypes_import, is_glibc_detection_module
+from .prefilter import (
+    has_module_level_ctypes_import,
+    is_glibc_detection_module,
+    mentions_a_loader,
+)
 
 DLOPEN_SELF = "dlopen-self"
 CTYPES_IMPORT = "ctypes-import"
@@ -78,7 +82,7 @@ def codemods_in_scope(source: bytes) -> frozenset[str]:
     except Exception:  # SyntaxError, ValueError (NUL bytes), RecursionError, ...
         return ALL  # let the codemods parse it and report what they find
     in_scope = set()
-    if _dlopen_self_in_scope(tree):
+    if mentions_a_loader(source) and _dlopen_self_in_scope(tree):
         in_scope.add(DLOPEN_SELF)
     if _ctypes_import_in_scope(tree, source):
         in_scope.add(CTYPES_IMPORT)

@@ -165,8 +165,8 @@ def _add_cache_flag(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="verify and patch up to N wheels at once (default: one per usable CPU; "
-        "serial below three wheels)",
+        help="verify and patch up to N wheels at once (default: one per usable CPU "
+        "from six wheels on)",
     )
 
 

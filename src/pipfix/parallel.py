@@ -9,8 +9,8 @@ exactly as a serial run does.  The output bytes are the same either way: a
 plan depends only on its input.
 
 Serial instead when forking is not safe or not worth it: fewer than
-``MIN_WHEELS`` wheels (each worker pays its own libcst import), one CPU,
-a platform other than Linux, or other threads alive in this process (a fork
+``MIN_WHEELS`` wheels (unless ``jobs`` asks for workers), one CPU, a
+platform other than Linux, or other threads alive in this process (a fork
 copies their locks, held or not).
 """
 
@@ -25,7 +25,9 @@ from pathlib import Path
 
 from . import patcher
 
-MIN_WHEELS = 3
+# Below this many wheels one process is as fast (each worker pays its own
+# libcst import, and one process shares identical modules between wheels).
+MIN_WHEELS = 6
 
 
 def usable_cpus() -> int:
@@ -41,10 +43,13 @@ def plan_all(
 ) -> list[patcher.WheelPlan]:
     """``patcher.plan`` for each path, in order; the first error in input order is raised.
 
-    ``jobs``: most worker processes to use (default: ``usable_cpus()``; 1 = serial).
+    ``jobs``: most worker processes to use; by default one per usable CPU from
+    ``MIN_WHEELS`` wheels on.  An explicit ``jobs`` above 1 forks for any two
+    wheels or more; 1 is serial.
     """
-    workers = min(jobs if jobs is not None else usable_cpus(), len(paths))
-    if workers < 2 or len(paths) < MIN_WHEELS or not _fork_is_safe():
+    wanted = jobs if jobs is not None else usable_cpus() if len(paths) >= MIN_WHEELS else 1
+    workers = min(wanted, len(paths))
+    if workers < 2 or not _fork_is_safe():
         return [patcher.plan(path, use_cache=use_cache) for path in paths]
     import multiprocessing  # with concurrent.futures: 10-20 ms, for runs that fork only
     from concurrent.futures import ProcessPoolExecutor

@@ -14,6 +14,7 @@ import os
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -35,7 +36,16 @@ class InstalledDistribution:
     records: dict[str, record.RecordEntry]
 
     def absolute(self, record_path: str) -> Path:
-        return Path(os.path.normpath(self.site_dir / record_path))
+        known = self._absolute_paths.get(record_path)
+        return known if known is not None else self._resolve(record_path)
+
+    @cached_property
+    def _absolute_paths(self) -> dict[str, Path]:
+        """Every RECORD path, resolved once: a reinstall asks for each of them ~10 times."""
+        return {path: self._resolve(path) for path in self.records}
+
+    def _resolve(self, record_path: str) -> Path:
+        return Path(os.path.normpath(os.path.join(self.site_dir, record_path)))
 
     @property
     def provenance(self) -> provenance.Provenance | None:

@@ -450,6 +450,21 @@ def test_file_that_cannot_be_replaced_changes_nothing(template: Path, which: str
     assert rerun.returncode == 0, rerun.stderr
 
 
+def test_installed_module_changed_since_installation_changes_nothing(template: Path) -> None:
+    """A module pipfix would replace no longer matches RECORD: refused under the lock,
+    before the first write (the wheels are not patched either), and nothing is left."""
+    prefix = fresh_copy(template)
+    module = _site(prefix) / "pip" / "_internal" / "utils" / "glibc.py"
+    module.write_bytes(module.read_bytes() + b"# edited by hand\n")
+    before = exact_state(prefix)
+    line = _one_line_error(run_forked(["apply", str(prefix)]))
+    assert line == (
+        f"pipfix: error: {module}: changed since it was installed (RECORD differs); "
+        "refusing to patch it"
+    )
+    assert exact_state(prefix) == before
+
+
 # --- backups -----------------------------------------------------------------------------------
 
 

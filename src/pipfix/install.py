@@ -74,6 +74,8 @@ class InstallOptions:
     dry_run: bool = False
     relocatable: bool | None = None  # None: keep the target's current style
     ensurepip: bool = False
+    # preflight() already checked the installed files under this run's lock
+    installed_checked: bool = False
 
 
 # --- launchers -----------------------------------------------------------------
@@ -436,8 +438,9 @@ def _patched_wheel_for(
 def preflight(installation: Installation) -> None:
     """Refuse before anything is written if an installed pip/setuptools does not verify.
 
-    An interrupted swap is not judged here: its files are half old, half new
-    until the run that holds the lock completes the journal.
+    Called under the target's lock, after an interrupted swap was completed (a
+    journal still present means another run is mid-swap: its files are half old,
+    half new until that run finishes, so they are not judged).
     """
     if (installation.state_dir / swap.JOURNAL).exists():
         return
@@ -493,7 +496,8 @@ def _reinstall_one(
     existing = dist.provenance
     if existing is not None and options.relocatable is None:
         return replace(base, action="already patched")
-    verify_installed(dist, only=patch_candidate)
+    if not (options.installed_checked and existing is None):  # else preflight() did
+        verify_installed(dist, only=patch_candidate)
     source, wheel_name, data, state = _patched_wheel_for(dist, patched)
     if data is None:
         if existing is None:

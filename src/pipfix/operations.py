@@ -212,13 +212,12 @@ def apply(
             dry_run=True,
             installs=report.installs,
         )
-    options = install.InstallOptions(relocatable=relocatable, ensurepip=ensurepip)
+    options = install.InstallOptions(
+        relocatable=relocatable, ensurepip=ensurepip, installed_checked=True
+    )
     # Verify everything before taking the lock: bad input must not change a byte.
     paths = _wheel_paths(installations)
     planned = dict(zip(paths, parallel.plan_all(paths, use_cache=use_cache, jobs=jobs)))
-    if reinstall:
-        for installation in installations:
-            install.preflight(installation)
     # The wheel directories are locked too, so `patch-wheel --in-place` on the same
     # wheel waits for this run (and the other way round).
     wheel_locks = [
@@ -230,6 +229,8 @@ def apply(
         for installation in installations:
             if installation.state_dir.is_dir():
                 swap.complete(installation.state_dir)
+            if reinstall:  # under the lock, before the first write, once per run
+                install.preflight(installation)
         plans = [
             _still_valid(planned.get(path), path, use_cache)
             for path in _wheel_paths(installations)

@@ -186,11 +186,21 @@ def _read_contents(path: Path, data: bytes, archive: zipraw.RawArchive) -> dict[
                 split = index + 1
                 break
     later: list[_Inflated] = []
+    crashed: list[BaseException] = []
+
+    def inflate_later() -> None:
+        try:
+            later.append(_inflate(files[split:]))
+        except BaseException as exc:  # MemoryError and the like: raised in this thread below
+            crashed.append(exc)
+
     if split < len(files):
-        helper = threading.Thread(target=lambda: later.append(_inflate(files[split:])))
+        helper = threading.Thread(target=inflate_later, name="pipfix-inflate")
         helper.start()
         earlier = _inflate(files[:split])
         helper.join()
+        if crashed:
+            raise crashed[0]
     else:
         earlier = _inflate(files)
     contents: dict[str, bytes] = {}

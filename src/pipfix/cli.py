@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from . import doctor_cli
+from . import doctor_cli, operations
 from ._version import __version__
 from .errors import EXIT_ERROR, EXIT_OK, PipfixError
 from .reports import RunReport, WheelReport
@@ -81,8 +81,6 @@ def _render(report: RunReport, args: argparse.Namespace) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from . import operations
-
     report = operations.check(
         args.targets, under=args.all, use_cache=not args.no_cache, jobs=args.jobs
     )
@@ -91,8 +89,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from . import operations
-
     report = operations.apply(
         args.targets,
         dry_run=args.dry_run,
@@ -108,16 +104,12 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from . import operations
-
     report = operations.restore(args.targets, under=args.all)
     _render(report, args)
     return report.exit_code
 
 
 def _cmd_patch_wheel(args: argparse.Namespace) -> int:
-    from . import operations
-
     report = operations.patch_wheel(
         args.wheels,
         args.output,
@@ -130,8 +122,6 @@ def _cmd_patch_wheel(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from . import operations
-
     text = operations.diff(args.items)
     sys.stdout.flush()
     sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))

@@ -107,17 +107,17 @@ def verify_installed(
     for path, entry in dist.records.items():
         if entry.hash_ is None or is_bytecode(path):
             continue
-        if only is not None:
-            absolute = dist.absolute(path)
-            if not absolute.is_file() or not only(path, absolute.read_bytes()):
-                continue
         absolute = dist.absolute(path)
+        if only is not None and not absolute.is_file():
+            continue
         try:
             data = absolute.read_bytes()
         except OSError as exc:
             raise PipfixError(
                 absolute, f"listed in RECORD but unreadable: {exc.strerror}"
             ) from None
+        if only is not None and not only(path, data):
+            continue
         if not record.matches(entry, data):
             raise PipfixError(
                 absolute, "changed since it was installed (RECORD differs); refusing to patch it"

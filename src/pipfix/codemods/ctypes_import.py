@@ -53,7 +53,6 @@ from .helpers import (
     dotted_name,
     enclosing_tries,
     find,
-    first_lines,
     guard,
     handler_catches,
     if_none_return,
@@ -167,15 +166,6 @@ def _readers(global_scope: GlobalScope, plan: _Plan) -> _Problems:
                         reason = f"{name!r} is read {where}: cannot guard its import safely"
                         outside.append((access.node, reason))
     return outside
-
-
-def _in_source_order(module: cst.Module, problems: _Problems) -> _Problems:
-    """``problems`` sorted by line: scope analysis finds reads in no stable order."""
-    if len(problems) < 2:
-        return problems
-    lines = first_lines(module, [node for node, _ in problems])
-    order = sorted(range(len(problems)), key=lambda i: (lines[i], problems[i][1]))
-    return [problems[i] for i in order]
 
 
 def _is_docstring(statement: cst.BaseStatement) -> bool:
@@ -292,7 +282,7 @@ def _run_glibc(module: cst.Module) -> Outcome:
         else:
             _module_level(site, node, plan, problems)
     if plan.none_on_failure and not problems:
-        problems.extend(_in_source_order(module, _readers(_global_scope(module), plan)))
+        problems.extend(_readers(_global_scope(module), plan))
     return outcome(module, _Apply(plan) if plan else None, problems)
 
 

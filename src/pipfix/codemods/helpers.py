@@ -81,12 +81,11 @@ def outcome(
     transformer: cst.CSTTransformer | None,
     problems: Sequence[tuple[cst.CSTNode, str]],
 ) -> Outcome:
-    """Apply ``transformer`` unless there are problems, which are reported by line."""
+    """Apply ``transformer`` unless there are problems, which are reported in source
+    order (by line, then reason: the analyses find some of them in no stable order)."""
     if problems:
         lines = first_lines(module, [node for node, _ in problems])
-        reported = sorted(
-            ((line, reason) for line, (_, reason) in zip(lines, problems)), key=lambda p: p[0]
-        )
+        reported = sorted((line, reason) for line, (_, reason) in zip(lines, problems))
         return Outcome(module, changed=False, problems=tuple(reported))
     if transformer is None:
         return Outcome(module, changed=False, problems=())

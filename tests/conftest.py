@@ -164,3 +164,11 @@ def read_only_copy(small_filesystem: Callable[..., Path]) -> Callable[[Path], Pa
         return target
 
     return make
+
+
+@pytest.fixture(scope="session")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A base directory for the hardening suites' prefixes, shared by the session."""
+    from hardening import shared_base_for_session
+
+    yield from shared_base_for_session(tmp_path_factory)

@@ -85,8 +85,8 @@ def release_shared_base() -> None:
 
 
 def shared_base_for_session(factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Body of a session-scoped fixture: ``shared_base``, unmounted when the session ends.
-    (Each module that uses it wraps it; the teardowns are idempotent.)"""
+    """Body of the session-scoped ``scratch`` fixture (conftest): ``shared_base``,
+    unmounted when the session ends."""
     yield shared_base(factory)
     release_shared_base()
     _TEMPLATE.clear()
@@ -349,3 +349,8 @@ def leftovers(prefix: Path) -> list[str]:
 
 def file_names(paths: Iterable[Path]) -> list[str]:
     return sorted(p.name for p in paths)
+
+
+def step_lines(stderr: str) -> list[str]:
+    """The steps a run traced with ``PIPFIX_TEST_TRACE_STEPS=1`` printed, in order."""
+    return [line for line in stderr.splitlines() if line.startswith("pipfix-step ")]

@@ -30,7 +30,7 @@ from hardening import (
     installed_state,
     run_forked,
     sha256,
-    shared_base_for_session,
+    step_lines,
     warm_up,
 )
 from pipfix import cli, store
@@ -55,11 +55,6 @@ class Reference:
         raise AssertionError(f"no step with {fragments}: {self.steps}")
 
 
-@pytest.fixture(scope="session")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from shared_base_for_session(tmp_path_factory)
-
-
 @pytest.fixture(scope="module")
 def reference(scratch: Path) -> Reference:
     template = ensurepip_template(scratch)
@@ -69,7 +64,7 @@ def reference(scratch: Path) -> Reference:
     prefix = fresh_copy(template)
     traced = run_forked(["apply", str(prefix)], trace=True)
     assert traced.returncode == 0, traced.stderr
-    steps = [line for line in traced.stderr.splitlines() if line.startswith("pipfix-step ")]
+    steps = step_lines(traced.stderr)
     patched = {n: sha256(p.read_bytes()) for n, p in bundled_wheels(prefix).items()}
     return Reference(template, steps, original, patched, before, installed_state(prefix))
 

@@ -37,7 +37,7 @@ from hardening import (
     parallel_workers,
     run_forked,
     sha256,
-    shared_base_for_session,
+    step_lines,
     warm_up,
 )
 
@@ -75,11 +75,6 @@ def _traced_cli_apply(prefix: Path) -> tuple[list[str], list[float], int]:
             steps.append(line.rstrip("\n"))
             times.append(time.monotonic())
     return steps, times, process.wait(timeout=300)
-
-
-@pytest.fixture(scope="session")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield from shared_base_for_session(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +269,7 @@ def test_restore_killed_at_every_step_converges(scenario: Scenario) -> None:
     ``restore`` -- or ``apply`` first, every third step -- converges."""
     traced = run_forked(["restore", str(fresh_copy(_slot(scenario, 0).applied))], trace=True)
     assert traced.returncode == 0, traced.stderr
-    steps = [line for line in traced.stderr.splitlines() if line.startswith("pipfix-step ")]
+    steps = step_lines(traced.stderr)
     assert len(steps) >= 10, steps
 
     def kill_at(slot: int, step: tuple[int, str]) -> dict[str, str]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from hardening import step_lines
 from native import (
     DEMO_MODULE,
     DEMO_SUFFIX,
@@ -178,7 +179,7 @@ def test_killed_at_every_step_reruns_converge_and_restore(prefix: Path, tmp_path
     traced = pipfix("fix-extensions", prefix,
                     env=clean_env(PYTHONPATH=str(SRC), PIPFIX_TEST_TRACE_STEPS="1"))
     assert traced.returncode == 0, traced.stderr
-    steps = [line for line in traced.stderr.splitlines() if line.startswith("pipfix-step")]
+    steps = step_lines(traced.stderr)
     assert any("rename over " + str(module) in s for s in steps)
     done = content(prefix)
     allowed = {key: {original[key], done[key]} for key in original}
@@ -212,7 +213,7 @@ def test_restore_killed_at_every_step_converges(prefix: Path, tmp_path: Path) ->
     traced = pipfix("restore", prefix,
                     env=clean_env(PYTHONPATH=str(SRC), PIPFIX_TEST_TRACE_STEPS="1"))
     assert traced.returncode == 0, traced.stderr
-    steps = [line for line in traced.stderr.splitlines() if line.startswith("pipfix-step")]
+    steps = step_lines(traced.stderr)
     assert content(prefix) == original and not state_dir(prefix).exists()
     fix_extensions([prefix])
     for number in range(1, len(steps) + 1):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from hardening import step_lines
+
 from conftest import clean_env, pipfix, run, tree_digest
 from simulation import write_sitecustomize
 from standalone import install_wheel, make_standalone_prefix, verify_installed_record
@@ -180,7 +182,7 @@ def _steps(prefix: Path) -> list[str]:
         ),
     )
     assert traced.returncode == 0, traced.stderr
-    return [line for line in traced.stderr.splitlines() if line.startswith("pipfix-step ")]
+    return step_lines(traced.stderr)
 
 
 def test_interrupted_reinstall_is_completed_by_rerunning(tmp_path: Path) -> None:

@@ -1292,3 +1292,46 @@ def test_screen_never_hides_a_change_or_a_report() -> None:
         assert screened == unscreened, source[:200]
         ruled_out += screen.codemods_in_scope(source) != screen.ALL
     assert ruled_out > len(sources) // 2  # the screen does rule most of them out
+
+
+# --- the tree search skips formatting only -----------------------------------------------
+
+
+def _every_node(node: Any) -> Iterator[Any]:
+    """Every node below ``node`` through every field, as libcst's dataclasses define them."""
+    import dataclasses
+
+    import libcst as cst
+
+    yield node
+    for field in dataclasses.fields(node):
+        value = getattr(node, field.name)
+        for child in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(child, cst.CSTNode):
+                yield from _every_node(child)
+
+
+def test_find_skips_nothing_but_formatting() -> None:
+    """``helpers.find`` does not descend into whitespace, brackets or operators; on every
+    candidate module of the pinned wheels it still finds each node a full walk finds,
+    of every type that is not formatting."""
+    import libcst as cst
+
+    from pipfix.codemods.helpers import find
+
+    formatting = (
+        cst.BaseParenthesizableWhitespace, cst.EmptyLine, cst.TrailingWhitespace, cst.Newline,
+        cst.Comment, cst.LeftParen, cst.RightParen, cst.LeftSquareBracket,
+        cst.RightSquareBracket, cst.LeftCurlyBrace, cst.RightCurlyBrace, cst.Comma,
+        cst.Semicolon, cst.Colon, cst.AssignEqual, cst.Dot, cst.BaseBinaryOp, cst.BaseBooleanOp,
+        cst.BaseCompOp, cst.BaseUnaryOp, cst.BaseAugOp, cst.Asynchronous,
+    )
+    for source in _screened_sources():
+        try:
+            module = cst.parse_module(source)
+        except cst.ParserSyntaxError:
+            continue
+        everything = [node for node in _every_node(module) if not isinstance(node, formatting)]
+        found = [node for node, _ in find(module, (cst.CSTNode,))]
+        code = [node for node in found if not isinstance(node, formatting)]
+        assert {id(node) for node in code} == {id(node) for node in everything}, source[:200]

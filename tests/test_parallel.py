@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import shutil
 from pathlib import Path
 
 import pytest
 
-from pipfix import parallel, patcher
+from pipfix import codemods, parallel, patcher
+from pipfix.codemods.model import SourceResult
 from pipfix.errors import PipfixError, VerificationError
+from pipfix.shared_results import SharedResults
 
 from conftest import pipfix
 
@@ -84,3 +87,48 @@ def test_jobs_do_not_change_the_output(wheels: list[Path], tmp_path: Path) -> No
 def test_jobs_must_be_positive(wheels: list[Path], tmp_path: Path) -> None:
     run = pipfix("patch-wheel", "-j", "0", "-o", str(tmp_path), str(wheels[0]))
     assert run.returncode == 2 and "must be at least 1" in run.stderr
+
+
+def test_a_module_in_several_wheels_is_transformed_once(
+    pinned_wheels: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers share results: each distinct source goes through the codemods once per run."""
+    _forks_here()
+    paths = []
+    for copy in "abcd":  # the same wheel four times: every candidate module is shared
+        (tmp_path / copy).mkdir()
+        paths.append(tmp_path / copy / "pip-23.2.1-py3-none-any.whl")
+        shutil.copyfile(pinned_wheels["pip-23.2.1-py3-none-any.whl"], paths[-1])
+    log = tmp_path / "transformed"
+    transform_source = codemods.transform_source
+
+    def logged(path: str, source: bytes) -> SourceResult:  # runs in the workers
+        with log.open("a") as out:
+            out.write(hashlib.sha256(source).hexdigest() + "\n")
+        return transform_source(path, source)
+
+    monkeypatch.setattr(codemods, "transform_source", logged)
+    monkeypatch.setattr(patcher, "_CACHE", patcher._TransformCache())  # forget earlier tests'
+    plans = parallel.plan_all(paths, jobs=2)
+    transformed = log.read_text().split()
+    assert transformed and len(transformed) == len(set(transformed))
+    assert {plan.changes for plan in plans} == {patcher.plan(paths[0]).changes}
+
+
+def test_a_shared_result_is_computed_once(tmp_path: Path) -> None:
+    computed: list[str] = []
+
+    def compute(value: str) -> str:
+        computed.append(value)
+        return value
+
+    assert SharedResults(tmp_path).get(b"key", lambda: compute("first")) == "first"
+    assert SharedResults(tmp_path).get(b"key", lambda: compute("second")) == "first"
+    assert computed == ["first"]
+
+
+def test_sharing_that_fails_only_costs_work(tmp_path: Path) -> None:
+    """Sharing saves work and never fails a run: without its directory, each computes."""
+    gone = SharedResults(tmp_path / "removed")
+    assert gone.get(b"key", lambda: 1) == 1
+    assert gone.get(b"key", lambda: 2) == 2

@@ -12,7 +12,8 @@ Nothing in an entry is trusted: its sha256 must be the one its index names,
 its provenance must name the input's sha256 and file name, this pipfix and
 this patch set, and rebuilding the (fully verified) input with its changed
 members must give exactly its bytes -- which makes every other byte, RECORD
-included, pipfix's own.  Anything else is a miss, and the cold run that
+included, pipfix's own -- and its changed modules must compile (``patcher``
+checks that when it takes the entry).  Anything else is a miss, and the cold run that
 follows writes a fresh entry over it.  The command then verifies the output
 it writes as it does any other (``patcher.verify_output``).
 

@@ -3,10 +3,11 @@
 Verifying a wheel (inflate and hash every member) and running the codemods
 are CPU-bound and independent from wheel to wheel, so a run over many wheels
 (``patch-wheel`` on a directory of them, ``apply --all``) forks workers that
-each verify, plan, build and check one wheel at a time; the parent receives
-the finished plans in input order and does all the writing, under its locks,
-exactly as a serial run does.  The output bytes are the same either way: a
-plan depends only on its input.
+each verify, plan, build and check one wheel at a time; a source file met in
+several wheels is transformed by one worker and read by the others
+(``shared_results``); the parent receives the finished plans in input order
+and does all the writing, under its locks, exactly as a serial run does.  The
+output bytes are the same either way: a plan depends only on its input.
 
 Serial instead when forking is not safe or not worth it: fewer than
 ``MIN_WHEELS`` wheels (unless ``jobs`` asks for workers), one CPU, a
@@ -17,13 +18,16 @@ copies their locks, held or not).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from . import patcher
+from .shared_results import SharedResults
 
 # Below this many wheels one process is as fast (each worker pays its own
 # libcst import, and one process shares identical modules between wheels).
@@ -55,9 +59,29 @@ def plan_all(
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_plan_and_build, path, use_cache) for path in paths]
-        return [future.result() for future in futures]
+    shared = _shared_directory()
+    try:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_join_run, initargs=(shared,)
+        ) as pool:
+            futures = [pool.submit(_plan_and_build, path, use_cache) for path in paths]
+            return [future.result() for future in futures]
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
+
+
+def _shared_directory() -> Path | None:
+    """A private directory for the workers' shared results; None: they share nothing."""
+    try:
+        return Path(tempfile.mkdtemp(prefix="pipfix-shared-"))
+    except OSError:
+        return None
+
+
+def _join_run(shared: Path | None) -> None:
+    """In a worker: share transform results with the run's other workers."""
+    patcher.share_transforms(None if shared is None else SharedResults(shared))
 
 
 def _fork_is_safe() -> bool:

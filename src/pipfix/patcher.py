@@ -4,8 +4,9 @@ The plan is computed fully in memory from a verified wheel, so a command can
 decide everything (and refuse bad input) before it writes a single byte.
 libcst is imported only when the byte pre-filter and the ``ast`` screen find a
 member that could need a change.  Work is shared within a process (a source
-file met in several wheels is transformed once) and, with ``use_cache``,
-between processes (``cache``: patched outputs by input sha256).
+file met in several wheels is transformed once, by whichever worker of a
+parallel run needs it first) and, with ``use_cache``, between runs (``cache``:
+patched outputs by input sha256).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ._version import __version__
 from .codemods import could_need_change
 from .codemods.model import SourceResult, Unpatchable
 from .errors import VerificationError
+from .shared_results import SharedResults
 
 
 class WheelState(str, Enum):
@@ -143,10 +145,16 @@ class WheelPlan:
 
 
 class _TransformCache:
-    """Same source bytes, same result: shared between wheels in one process."""
+    """Same source bytes, same result: shared between wheels in one process and,
+    in a parallel run, between its workers (``share``)."""
 
     def __init__(self) -> None:
         self._results: dict[bytes, SourceResult] = {}
+        self._shared: SharedResults | None = None
+
+    def share(self, shared: SharedResults | None) -> None:
+        """Take results other processes computed from ``shared``, and leave ours there."""
+        self._shared = shared
 
     def transform(self, path: str, source: bytes) -> SourceResult:
         key = hashlib.sha256(source).digest()
@@ -154,7 +162,12 @@ class _TransformCache:
         if cached is None:
             from .codemods import transform_source
 
-            cached = self._results[key] = transform_source(path, source)
+            def compute() -> SourceResult:
+                return transform_source(path, source)
+
+            shared = self._shared
+            result = compute() if shared is None else shared.get(key, compute)
+            cached = self._results[key] = result
         if cached.unpatchable and any(u.path != path for u in cached.unpatchable):
             cached = SourceResult(
                 cached.source,
@@ -165,6 +178,11 @@ class _TransformCache:
 
 
 _CACHE = _TransformCache()
+
+
+def share_transforms(shared: SharedResults | None) -> None:
+    """Transform results of this process go to and come from ``shared`` (a worker's setup)."""
+    _CACHE.share(shared)
 
 
 def _existing_provenance(wheel: wheelfile.VerifiedWheel) -> provenance.Provenance | None:
@@ -185,6 +203,11 @@ def _from_cache(wheel: wheelfile.VerifiedWheel) -> WheelPlan | None:
         FileChange(path, codemods, wheel.contents[path], after)
         for path, codemods, after in hit.changes
     )
+    try:
+        for change in changes:
+            _check_compiles(wheel.path, change)
+    except VerificationError:
+        return None  # a damaged entry: patch afresh (and replace it)
     return WheelPlan(
         wheel, WheelState.NEEDS_PATCH, changes, use_cache=True, _built=_Built(hit.data, True)
     )
@@ -256,7 +279,8 @@ def verify_rebuilt(path: Path, data: bytes, expected: WheelPlan) -> None:
     keep its RECORD row: that is the member pipfix already verified.  Every
     member the rebuild wrote (changed modules, provenance, RECORD) is inflated
     and checked: CRC, size, content, and its hash and size in the new RECORD.
-    RECORD must list every file and nothing else.  So each byte of the output
+    RECORD must list every file and nothing else, and every changed module
+    must compile.  So each byte of the output
     is verified, and the unchanged bulk is not inflated and hashed again.
     """
     wheel = expected.wheel
@@ -317,6 +341,24 @@ def verify_rebuilt(path: Path, data: bytes, expected: WheelPlan) -> None:
     for extra in sorted(set(entries) - set(files) - {record_path}):
         if not extra.endswith("/"):
             raise VerificationError(path, f"RECORD lists {extra}, which is not in the wheel")
+    for change in expected.changes:
+        _check_compiles(path, change)
+
+
+# Digests of patched modules CPython compiled: the same module patched in
+# several wheels is compiled once.
+_COMPILED: set[bytes] = set()
+
+
+def _check_compiles(path: Path, change: FileChange) -> None:
+    key = hashlib.sha256(change.after).digest()
+    if key in _COMPILED:
+        return
+    try:
+        compile(change.after, change.path, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:
+        raise VerificationError(path, f"patched {change.path} does not compile: {exc}") from None
+    _COMPILED.add(key)
 
 
 def verify_output(path: Path, data: bytes, expected: WheelPlan) -> None:
@@ -325,8 +367,7 @@ def verify_output(path: Path, data: bytes, expected: WheelPlan) -> None:
     pipfix's reader verifies ``data`` (``verify_rebuilt``; skipped when
     ``expected.build()`` returned it already verified, cached or checked for the
     cache); the file must read back as exactly ``data``; wheel's reader checks
-    every member pipfix wrote against the new RECORD; every changed module must
-    compile.
+    every member pipfix wrote against the new RECORD.
     """
     from wheel.wheelfile import WheelError, WheelFile
 
@@ -345,10 +386,3 @@ def verify_output(path: Path, data: bytes, expected: WheelPlan) -> None:
                 reader.read(name)
     except (WheelError, OSError) as exc:
         raise VerificationError(path, f"rebuilt wheel does not verify: {exc}") from None
-    for change in expected.changes:
-        try:
-            compile(change.after, change.path, "exec", dont_inherit=True)
-        except (SyntaxError, ValueError) as exc:
-            raise VerificationError(
-                path, f"patched {change.path} does not compile: {exc}"
-            ) from None

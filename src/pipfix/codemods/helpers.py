@@ -103,7 +103,7 @@ def find(
 ) -> Found:
     """Every node of a ``wanted`` type at or below ``root``, with its ancestors
     (outermost first, the node itself excluded); nothing below a ``prune`` node
-    is searched.
+    is searched, nor formatting (whitespace, comments, brackets, operators).
 
     Statements come in source order; expressions a statement holds outside its
     body (decorators, annotations) may come after the body.  The tree is only
@@ -132,10 +132,27 @@ def find(
     return found
 
 
+# Fields that only ever hold formatting (whitespace, comments, brackets,
+# punctuation, operators): six in ten nodes of a typical module, never a
+# statement or an expression.
+_FORMATTING_FIELDS = frozenset({
+    "asynchronous", "colon", "comma", "dot", "equal", "footer", "header", "lbrace",
+    "lbracket", "leading_lines", "lines_after_decorators", "lpar", "newline", "operator",
+    "rbrace", "rbracket", "rpar", "semicolon",
+})
+
+
 def _child_fields(kind: type[cst.CSTNode]) -> tuple[str, ...]:
+    """The fields of ``kind`` that can hold code (``find`` skips formatting)."""
     names = _CHILD_FIELDS.get(kind)
     if names is None:
-        names = _CHILD_FIELDS[kind] = tuple(field.name for field in dataclasses.fields(kind))
+        names = _CHILD_FIELDS[kind] = tuple(
+            field.name
+            for field in dataclasses.fields(kind)
+            if field.name not in _FORMATTING_FIELDS
+            and not field.name.startswith("whitespace")
+            and not field.name.endswith("_whitespace")
+        )
     return names
 
 

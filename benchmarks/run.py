@@ -201,6 +201,13 @@ class Benchmark:
         self.env = base_environment(work)
         self.pipfix_env = dict(self.env, PYTHONPATH=str(SRC))
         self.notes: list[str] = []
+        # The floor of any run that patches a module: a process that imports libcst.
+        self.references = [
+            Command("interpreter start (python -c pass)", [self.python, "-c", "pass"],
+                    self.pipfix_env),
+            Command("interpreter start + import libcst", [self.python, "-c", "import libcst"],
+                    self.pipfix_env),
+        ]
         self.cases: list[Case] = []
         self.extra: dict[str, Any] = {}
         self.no_cache_flag = False
@@ -502,6 +509,7 @@ class Benchmark:
             commands = [case.pipfix, *(cmd for _, cmd in case.alternatives)]
             commands_of.append([c for c in commands if id(c) not in seen])
             seen.update(id(c) for c in commands)
+        commands_of.append(self.references)
         if not self.args.quick:
             self.log("warm-up run of every command")
             for commands in commands_of:
@@ -566,8 +574,23 @@ class Benchmark:
                 f"(target < {RSS_LIMIT_MIB} MiB: {met}); all wheels in one call: "
                 f"{self.extra['peak_rss_all_mib']:.1f} MiB."
             )
+        lines += self.reference_lines()
         lines += [f"Note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+    def reference_lines(self) -> list[str]:
+        """The floor of the one-wheel case, as a share of its alternatives."""
+        if not all(command.walls for command in self.references):
+            return []
+        start, libcst = self.references
+        shares = "; ".join(
+            f"{libcst.wall / alt.wall:.2f}{TIMES} {alt.label.split(':')[0]}"
+            for _, alt in self.cases[0].alternatives
+        )
+        return [
+            f"Reference, same repetitions: {start.label} {start.wall:.3f} s; {libcst.label} "
+            f"{libcst.wall:.3f} s" + (f" ({shares})." if shares else "."),
+        ]
 
     def results(self) -> dict[str, Any]:
         def command(cmd: Command) -> dict[str, Any]:
@@ -583,6 +606,7 @@ class Benchmark:
                  "alternatives": [dict(command(a), target=t) for t, a in c.alternatives]}
                 for c in self.cases
             ],
+            "references": [command(c) for c in self.references],
             **self.extra,
             "notes": self.notes,
         }

@@ -48,6 +48,14 @@ def pinned_wheels() -> dict[str, Path]:
 TEST_CACHE_HOME = tempfile.mkdtemp(prefix="pipfix-test-cache-")
 
 
+@pytest.fixture
+def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """XDG_CACHE_HOME in a temporary directory: nothing is written to the real ~/.cache."""
+    home = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """An environment in which pip and Python behave the same on every machine."""
     env = {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipfix import cache, patcher, provenance
+from pipfix import cache, cachedir, patcher, provenance
 from pipfix.errors import VerificationError
 from pipfix.patcher import WheelState
 
@@ -22,14 +22,6 @@ from conftest import SRC, clean_env, run
 
 PIP = "pip-23.2.1-py3-none-any.whl"
 SETUPTOOLS = "setuptools-65.5.0-py3-none-any.whl"
-
-
-@pytest.fixture
-def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """XDG_CACHE_HOME in a temporary directory: nothing is written to the real ~/.cache."""
-    home = tmp_path / "xdg"
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
-    return home
 
 
 def entries(home: Path) -> list[Path]:
@@ -46,11 +38,11 @@ def cold_and_cached(wheel: Path) -> tuple[patcher.WheelPlan, bytes, patcher.Whee
 
 def test_root_follows_xdg_cache_home_else_home(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere/cache")
-    assert cache.cache_root() == Path("/somewhere/cache/pipfix")
+    assert cachedir.cache_root() == Path("/somewhere/cache/pipfix")
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # not absolute: ignored (XDG spec)
-    assert cache.cache_root() == Path.home() / ".cache" / "pipfix"
+    assert cachedir.cache_root() == Path.home() / ".cache" / "pipfix"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert cache.cache_root() == Path.home() / ".cache" / "pipfix"
+    assert cachedir.cache_root() == Path.home() / ".cache" / "pipfix"
 
 
 def test_hit_gives_identical_bytes_and_the_same_plan(

@@ -36,21 +36,11 @@ from pathlib import Path
 
 from . import provenance, record, wheelfile, zipraw
 from ._version import __version__
+from .cachedir import cache_root
 
 FORMAT = 1
 _SUBDIR = f"wheels-v{FORMAT}"
 _STALE_TEMPORARY_SECONDS = 24 * 3600
-
-
-def cache_root() -> Path | None:
-    """``$XDG_CACHE_HOME/pipfix``, else ``~/.cache/pipfix``; None without a home."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "pipfix"
-    try:
-        return Path.home() / ".cache" / "pipfix"
-    except RuntimeError:  # no HOME and no passwd entry
-        return None
 
 
 def entry_key(filename: str, sha256: str) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import install, parallel, patcher, record, store, swap
+from . import install, parallel, patcher, record, seals, store, swap
 from .errors import (
     EXIT_NEEDS_ATTENTION,
     EXIT_OK,
@@ -77,10 +77,13 @@ def _write_patched(plan: WheelPlan, destination: Path, *, backup: bool) -> Wheel
     store.replace_atomically(
         destination, data, lambda temporary: patcher.verify_output(temporary, data, plan)
     )
+    sha256 = record.sha256_hex(data)  # verify_output: the file reads back as ``data``
+    if plan.use_cache:
+        seals.seal(sha256, destination.name)
     return _report(
         plan,
         "patched" if backup else "written",
-        sha256=store.sha256_file(destination),
+        sha256=sha256,
         backup=str(backup_path) if backup_path else None,
         output=str(destination),
     )

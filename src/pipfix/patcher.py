@@ -246,8 +246,9 @@ def plan_verified(wheel: wheelfile.VerifiedWheel, *, use_cache: bool = False) ->
 
 
 def plan(path: Path, data: bytes | None = None, *, use_cache: bool = False) -> WheelPlan:
-    """Verify the wheel at ``path`` and plan its patch (``use_cache``: see plan_verified)."""
-    return plan_verified(wheelfile.verify(path, data), use_cache=use_cache)
+    """Verify the wheel at ``path`` and plan its patch (``use_cache``: see plan_verified;
+    it also lets verification trust and leave ``seals``)."""
+    return plan_verified(wheelfile.verify(path, data, use_seals=use_cache), use_cache=use_cache)
 
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")

@@ -3,7 +3,8 @@
 A wheel is trusted only after every check here passes: its file name, its
 member names, its size limits, its layout (``zipraw``; ``zipfile`` must read
 the very same records), and every member's CRC-32, sha256 and size against
-RECORD. pipfix never re-signs a wheel that did not verify. The rebuild copies
+RECORD. pipfix never re-signs a wheel that did not verify (the same bytes
+under the same name verified by an earlier run count: ``seals``). The rebuild copies
 unchanged members as their stored bytes (see ``zipraw``) and rewrites RECORD
 for the members that changed, plus pipfix's provenance file.
 """
@@ -16,7 +17,7 @@ import re
 import stat
 import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -28,7 +29,7 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
-from . import record, zipraw
+from . import record, seals, zipraw
 from .errors import VerificationError
 
 MAX_WHEEL_BYTES = 256 * 2**20
@@ -255,8 +256,13 @@ def _check_record(
     return entries
 
 
-def verify(path: Path, data: bytes | None = None) -> VerifiedWheel:
-    """Read and verify the wheel at ``path`` (or ``data``, named by ``path``)."""
+def verify(path: Path, data: bytes | None = None, *, use_seals: bool = False) -> VerifiedWheel:
+    """Read and verify the wheel at ``path`` (or ``data``, named by ``path``).
+
+    ``use_seals``: bytes that verified in full under this name before
+    (``seals``) are taken as verified, their members inflated when used; bytes
+    that verify in full now are sealed.
+    """
     try:
         name, version, _build, _tags = parse_wheel_filename(path.name)
     except InvalidWheelFilename as exc:
@@ -272,18 +278,29 @@ def verify(path: Path, data: bytes | None = None) -> VerifiedWheel:
             raise VerificationError(path, f"cannot read: {exc.strerror or exc}") from None
     if len(data) > MAX_WHEEL_BYTES:
         raise VerificationError(path, too_large)
+    sha256 = record.sha256_hex(data)
+    sealed = use_seals and seals.is_sealed(sha256, path.name)
     try:
         archive = zipraw.read_archive(data)
     except zipraw.RawZipError as exc:
         raise VerificationError(path, f"not a valid zip archive ({exc})") from None
-    _check_members(path, archive)
+    if not sealed:
+        _check_members(path, archive)
     dist_info = _dist_info(path, archive, str(name), str(version))
-    contents = _read_contents(path, data, archive)
-    entries = _check_record(path, dist_info, contents)
+    contents: Mapping[str, bytes]
+    entries: Mapping[str, record.RecordEntry]
+    if sealed:
+        contents = _Inflating(path, archive)
+        entries = _RecordRows(path, f"{dist_info}/RECORD", contents)
+    else:
+        contents = _read_contents(path, data, archive)
+        entries = _check_record(path, dist_info, contents)
+        if use_seals:
+            seals.seal(sha256, path.name)
     return VerifiedWheel(
         path=path,
         data=data,
-        sha256=record.sha256_hex(data),
+        sha256=sha256,
         distribution=str(name),
         version=str(version),
         dist_info=dist_info,
@@ -291,6 +308,58 @@ def verify(path: Path, data: bytes | None = None) -> VerifiedWheel:
         contents=contents,
         records=entries,
     )
+
+
+class _Inflating(Mapping[str, bytes]):
+    """The files of a sealed wheel, each inflated (CRC and size checked) when first read."""
+
+    def __init__(self, path: Path, archive: zipraw.RawArchive) -> None:
+        self._path = path
+        self._members = {m.name: m for m in archive.members if not m.name.endswith("/")}
+        self._payloads: dict[str, bytes] = {}
+
+    def __getitem__(self, name: str) -> bytes:
+        payload = self._payloads.get(name)
+        if payload is None:
+            member = self._members[name]
+            try:
+                payload = self._payloads[name] = zipraw.read_payload(member)
+            except zipraw.RawZipError as exc:
+                raise VerificationError(self._path, f"member {name!r} {exc}") from None
+        return payload
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._members)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+
+class _RecordRows(Mapping[str, record.RecordEntry]):
+    """The RECORD rows of a sealed wheel, parsed when first asked for."""
+
+    def __init__(self, path: Path, record_path: str, contents: Mapping[str, bytes]) -> None:
+        self._path = path
+        self._record_path = record_path
+        self._contents = contents
+        self._rows: dict[str, record.RecordEntry] | None = None
+
+    def _parsed(self) -> dict[str, record.RecordEntry]:
+        if self._rows is None:
+            try:
+                self._rows = record.parse(self._contents[self._record_path].decode("utf-8"))
+            except (KeyError, UnicodeDecodeError, record.RecordError) as exc:
+                raise VerificationError(self._path, f"RECORD is unreadable ({exc})") from None
+        return self._rows
+
+    def __getitem__(self, name: str) -> record.RecordEntry:
+        return self._parsed()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
 
 
 def rebuild(

@@ -225,7 +225,7 @@ def _compile_with_target(interpreter: Path, sources: list[tuple[Path, Path]]) ->
     if not sources:
         return True
     args = [str(a) for staged, final in sources for a in (staged, final.parent)]
-    return schemes.ask_target(interpreter, ["-c", _COMPILE, *args]) is not None
+    return schemes.ask_target(interpreter, ["-c", _COMPILE, *args], site=False) is not None
 
 
 def _cache_files_of(source: Path) -> list[Path]:
@@ -440,7 +440,8 @@ def preflight(installation: Installation) -> None:
 
     Called under the target's lock, after an interrupted swap was completed (a
     journal still present means another run is mid-swap: its files are half old,
-    half new until that run finishes, so they are not judged).
+    half new until that run finishes, so they are not judged).  When something
+    will be reinstalled, the target is asked for its paths now, in the background.
     """
     if (installation.state_dir / swap.JOURNAL).exists():
         return
@@ -449,6 +450,8 @@ def preflight(installation: Installation) -> None:
             for dist in find_installed(site):
                 if dist.provenance is None:
                     verify_installed(dist, only=patch_candidate)
+                    # It will be reinstalled: ask the target its paths meanwhile.
+                    schemes.start_confirming(computed)
 
 
 def reinstall(

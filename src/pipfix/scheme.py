@@ -125,47 +125,99 @@ def target_runs(interpreter: Path, timeout: float = 20) -> bool:
     return ask_target(interpreter, ["-c", "pass"], timeout) is not None
 
 
-def ask_target(interpreter: Path, args: list[str], timeout: float = 60) -> str | None:
-    """Run the target isolated, writing no bytecode; None when it cannot run here."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_"))}
-    try:
-        result = subprocess.run(
-            [str(interpreter), "-I", "-B", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
+def ask_target(
+    interpreter: Path, args: list[str], timeout: float = 60, *, site: bool = True
+) -> str | None:
+    """Run the target isolated, writing no bytecode; None when it cannot run here.
+
+    ``site=False``: nor import ``site`` (its ``.pth`` files cost a short run
+    half its time), for questions that do not depend on it.
+    """
+    return _Question(interpreter, args, timeout, site).answer()
+
+
+class _Question:
+    """A run of the target, started at once and waited for when its answer is needed."""
+
+    def __init__(self, interpreter: Path, args: list[str], timeout: float, site: bool) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_"))}
+        flags = ["-I", "-B"] if site else ["-I", "-S", "-B"]
+        self._timeout = timeout
+        self._process: subprocess.Popen[str] | None
+        try:
+            self._process = subprocess.Popen(
+                [str(interpreter), *flags, *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        except (OSError, subprocess.SubprocessError):
+            self._process = None
+
+    def answer(self) -> str | None:
+        process = self._process
+        if process is None:
+            return None
+        try:
+            out, _ = process.communicate(timeout=self._timeout)
+        except subprocess.SubprocessError:  # timed out
+            process.kill()
+            process.communicate()
+            return None
+        return out if process.returncode == 0 else None
+
+
+class _Confirmation:
+    """``confirm`` in two halves: the target starts now, the answer is read later."""
+
+    def __init__(self, scheme: InstallScheme) -> None:
+        self._scheme = scheme
+        self._question = (
+            _Question(scheme.interpreter, ["-c", _ASK], 60, True)
+            if scheme.interpreter.exists()
+            else None
         )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout if result.returncode == 0 else None
+
+    def result(self) -> InstallScheme:
+        scheme = self._scheme
+        answer = None if self._question is None else self._question.answer()
+        if answer is None:
+            return scheme
+        try:
+            live = {k: Path(v) for k, v in json.loads(answer).items()}
+        except (ValueError, TypeError, AttributeError):
+            return scheme
+        keys = ("purelib", "platlib", "scripts")
+        computed = {k: Path(os.path.realpath(getattr(scheme, k))) for k in keys}
+        if all(Path(os.path.realpath(live[k])) == computed[k] for k in keys if k in live):
+            return _replace_source(scheme, CONFIRMED)
+        return InstallScheme(
+            scheme.version,
+            live.get("purelib", scheme.purelib),
+            live.get("platlib", scheme.platlib),
+            live.get("scripts", scheme.scripts),
+            live.get("data", scheme.data),
+            live.get("include", scheme.headers),
+            scheme.interpreter,
+            FROM_TARGET,
+        )
+
+
+# Confirmations started ahead of need (``start_confirming``), taken by ``confirm``.
+_STARTED: dict[InstallScheme, _Confirmation] = {}
+
+
+def start_confirming(scheme: InstallScheme) -> None:
+    """Start ``confirm(scheme)``'s run of the target now, so that it overlaps other work."""
+    if scheme not in _STARTED:
+        _STARTED[scheme] = _Confirmation(scheme)
 
 
 def confirm(scheme: InstallScheme) -> InstallScheme:
     """Ask the target for its paths when it runs; keep the computed ones otherwise."""
-    if not scheme.interpreter.exists():
-        return scheme
-    answer = ask_target(scheme.interpreter, ["-c", _ASK])
-    if answer is None:
-        return scheme
-    try:
-        live = {k: Path(v) for k, v in json.loads(answer).items()}
-    except (ValueError, TypeError, AttributeError):
-        return scheme
-    keys = ("purelib", "platlib", "scripts")
-    computed = {k: Path(os.path.realpath(getattr(scheme, k))) for k in keys}
-    if all(Path(os.path.realpath(live[k])) == computed[k] for k in keys if k in live):
-        return _replace_source(scheme, CONFIRMED)
-    return InstallScheme(
-        scheme.version,
-        live.get("purelib", scheme.purelib),
-        live.get("platlib", scheme.platlib),
-        live.get("scripts", scheme.scripts),
-        live.get("data", scheme.data),
-        live.get("include", scheme.headers),
-        scheme.interpreter,
-        FROM_TARGET,
-    )
+    started = _STARTED.pop(scheme, None)
+    return (started or _Confirmation(scheme)).result()
 
 
 def _replace_source(scheme: InstallScheme, source: str) -> InstallScheme:

@@ -84,6 +84,20 @@ def test_jobs_do_not_change_the_output(wheels: list[Path], tmp_path: Path) -> No
     assert sorted(outputs["1"]) == sorted(NAMES)  # nothing else left in the output directory
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_outputs_prepared_early_are_dropped_when_a_later_wheel_is_bad(
+    wheels: list[Path], tmp_path: Path, jobs: str
+) -> None:
+    """patch-wheel -o writes each output while it plans the next, but renames none of
+    them into place unless every input verified."""
+    wheels[-1].write_bytes(wheels[-1].read_bytes()[:-100])  # truncated: no end record
+    out = tmp_path / "out"
+    out.mkdir()
+    run = pipfix("patch-wheel", "--no-cache", "-j", jobs, "-o", str(out), *map(str, wheels))
+    assert run.returncode == 2 and run.stderr.startswith(f"pipfix: error: {wheels[-1]}: ")
+    assert list(out.iterdir()) == []
+
+
 def test_jobs_must_be_positive(wheels: list[Path], tmp_path: Path) -> None:
     run = pipfix("patch-wheel", "-j", "0", "-o", str(tmp_path), str(wheels[0]))
     assert run.returncode == 2 and "must be at least 1" in run.stderr

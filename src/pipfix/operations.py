@@ -72,17 +72,26 @@ def _report(plan: WheelPlan, action: str, **extra: object) -> WheelReport:
 
 def _write_patched(plan: WheelPlan, destination: Path, *, backup: bool) -> WheelReport:
     """Build, verify and atomically place the patched wheel at ``destination``."""
-    data = plan.build()
     backup_path = store.ensure_backup(plan.wheel.path, plan.wheel.data) if backup else None
-    store.replace_atomically(
+    _prepare_output(plan, destination).commit()
+    return _written(plan, destination, backup_path)
+
+
+def _prepare_output(plan: WheelPlan, destination: Path) -> store.PreparedReplace:
+    """The patched wheel built, written next to ``destination`` and verified there."""
+    data = plan.build()
+    return store.PreparedReplace(
         destination, data, lambda temporary: patcher.verify_output(temporary, data, plan)
     )
-    sha256 = record.sha256_hex(data)  # verify_output: the file reads back as ``data``
+
+
+def _written(plan: WheelPlan, destination: Path, backup_path: Path | None) -> WheelReport:
+    sha256 = record.sha256_hex(plan.build())  # verify_output: the file reads back as this
     if plan.use_cache:
         seals.seal(sha256, destination.name)
     return _report(
         plan,
-        "patched" if backup else "written",
+        "written" if backup_path is None else "patched",
         sha256=sha256,
         backup=str(backup_path) if backup_path else None,
         output=str(destination),
@@ -420,14 +429,52 @@ def patch_wheel(
     destination_dir = Path(out_dir).absolute() if out_dir is not None else None
     if destination_dir is not None and not destination_dir.is_dir():
         raise PipfixError(destination_dir, "output directory does not exist")
+    if destination_dir is not None:
+        return _patch_into(paths, destination_dir, use_cache, jobs)
     planned = parallel.plan_all(paths, use_cache=use_cache, jobs=jobs)
     reports = []
-    lock_dirs = {store.state_dir_for(p) for p in paths} if in_place else set()
-    with _locked(lock_dirs):
+    with _locked({store.state_dir_for(p) for p in paths}):
         # Another run may have patched a wheel while we waited for the lock.
         plans = [_still_valid(plan, plan.wheel.path, use_cache) for plan in planned]
         for plan in plans:
+            reports.append(_patch_one(plan, None))
+    return RunReport(
+        "patch-wheel", tuple(str(p) for p in paths), tuple(reports), _exit_code(plans, applied=True)
+    )
+
+
+def _patch_into(
+    paths: Sequence[Path], destination_dir: Path, use_cache: bool, jobs: int | None
+) -> RunReport:
+    """patch-wheel -o: each patched output is written and verified next to its final
+    name as soon as its plan is there (while the others are planned), and renamed
+    into place only once every input verified; a failure drops them all."""
+    state_dir = store.state_dir_for(destination_dir / "output.whl")
+    had_state_dir = state_dir.exists()
+    prepared: dict[int, store.PreparedReplace] = {}
+
+    def prepare(index: int, plan: WheelPlan) -> None:
+        if plan.state is WheelState.NEEDS_PATCH:
+            prepared[index] = _prepare_output(plan, destination_dir / plan.wheel.path.name)
+
+    try:
+        planned = parallel.plan_all(paths, use_cache=use_cache, jobs=jobs, on_plan=prepare)
+        reports = []
+        plans = [_still_valid(plan, plan.wheel.path, use_cache) for plan in planned]
+        for index, plan in enumerate(plans):
+            ready = prepared.pop(index, None)
+            if ready is not None and plan is planned[index]:
+                ready.commit()
+                reports.append(_written(plan, ready.path, None))
+                continue
+            if ready is not None:
+                ready.discard()  # the input changed since it was planned
             reports.append(_patch_one(plan, destination_dir))
+    finally:
+        for ready in prepared.values():
+            ready.discard()
+        if not had_state_dir:
+            store.clean_state_dir(state_dir)
     return RunReport(
         "patch-wheel", tuple(str(p) for p in paths), tuple(reports), _exit_code(plans, applied=True)
     )

@@ -6,8 +6,9 @@ are CPU-bound and independent from wheel to wheel, so a run over many wheels
 each verify, plan, build and check one wheel at a time; a source file met in
 several wheels is transformed by one worker and read by the others
 (``shared_results``); the parent receives the finished plans in input order
-and does all the writing, under its locks, exactly as a serial run does.  The
-output bytes are the same either way: a plan depends only on its input.
+and does all the writing, under its locks, exactly as a serial run does (it may
+prepare each output while the workers go on: ``on_plan``).  The output bytes
+are the same either way: a plan depends only on its input.
 
 Serial instead when forking is not safe or not worth it: fewer than
 ``MIN_WHEELS`` wheels (unless ``jobs`` asks for workers), one CPU, a
@@ -22,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,19 +43,33 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+OnPlan = Callable[[int, patcher.WheelPlan], None]
+
+
 def plan_all(
-    paths: Sequence[Path], *, use_cache: bool = False, jobs: int | None = None
+    paths: Sequence[Path],
+    *,
+    use_cache: bool = False,
+    jobs: int | None = None,
+    on_plan: OnPlan | None = None,
 ) -> list[patcher.WheelPlan]:
     """``patcher.plan`` for each path, in order; the first error in input order is raised.
 
     ``jobs``: most worker processes to use; by default one per usable CPU from
     ``MIN_WHEELS`` wheels on.  An explicit ``jobs`` above 1 forks for any two
-    wheels or more; 1 is serial.
+    wheels or more; 1 is serial.  ``on_plan(index, plan)`` runs in this process
+    for each plan in input order as soon as it is there, while the workers go
+    on with the others (an error it raises ends the run).
     """
     wanted = jobs if jobs is not None else usable_cpus() if len(paths) >= MIN_WHEELS else 1
     workers = min(wanted, len(paths))
+    plans: list[patcher.WheelPlan] = []
     if workers < 2 or not _fork_is_safe():
-        return [patcher.plan(path, use_cache=use_cache) for path in paths]
+        for index, path in enumerate(paths):
+            plans.append(patcher.plan(path, use_cache=use_cache))
+            if on_plan is not None:
+                on_plan(index, plans[-1])
+        return plans
     import multiprocessing  # with concurrent.futures: 10-20 ms, for runs that fork only
     from concurrent.futures import ProcessPoolExecutor
 
@@ -65,7 +80,15 @@ def plan_all(
             max_workers=workers, mp_context=context, initializer=_join_run, initargs=(shared,)
         ) as pool:
             futures = [pool.submit(_plan_and_build, path, use_cache) for path in paths]
-            return [future.result() for future in futures]
+            try:
+                for index, future in enumerate(futures):
+                    plans.append(future.result())
+                    if on_plan is not None:
+                        on_plan(index, plans[-1])
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # do not plan what will not be written
+                raise
+            return plans
     finally:
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)

@@ -83,38 +83,75 @@ def replace_atomically(
     can verify it before the rename. ``staging_root`` must be on the same
     filesystem; it defaults to the ``.pipfix`` directory next to ``path``.
     """
-    state = staging_root if staging_root is not None else state_dir_for(path)
-    created = _ensure_dir(state)
-    try:
-        staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=state))
-    except OSError as exc:
-        if created:
-            clean_state_dir(state)
-        raise PipfixError(state, f"cannot write: {describe_os_error(exc)}") from None
-    temporary = staging / path.name
-    replaced = False
-    try:
-        faults.step(f"write {temporary}")
-        with temporary.open("xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            shutil.copymode(path, temporary)
-        if verify is not None:
-            verify(temporary)
-        faults.step(f"rename over {path}")
-        os.replace(temporary, path)
-        replaced = True
-        fsync_directory(path.parent)
-    except OSError as exc:
-        raise PipfixError(path, f"cannot write: {describe_os_error(exc)}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and (not replaced or path.parent != state):
+    PreparedReplace(path, data, verify, staging_root).commit()
+
+
+class PreparedReplace:
+    """``replace_atomically`` in two halves: the verified, fsynced temporary file is
+    written now; ``commit`` renames it over the path, ``discard`` drops it.
+
+    A run over many wheels prepares each output while it still plans the others,
+    and commits them all only when every plan succeeded.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        data: bytes,
+        verify: Callable[[Path], None] | None = None,
+        staging_root: Path | None = None,
+    ) -> None:
+        self.path = path
+        self._state = staging_root if staging_root is not None else state_dir_for(path)
+        self._created = _ensure_dir(self._state)
+        try:
+            self._staging = Path(tempfile.mkdtemp(prefix="tmp-", dir=self._state))
+        except OSError as exc:
+            if self._created:
+                clean_state_dir(self._state)
+            raise PipfixError(self._state, f"cannot write: {describe_os_error(exc)}") from None
+        self._temporary = self._staging / path.name
+        try:
+            faults.step(f"write {self._temporary}")
+            with self._temporary.open("xb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if path.exists():
+                shutil.copymode(path, self._temporary)
+            if verify is not None:
+                verify(self._temporary)
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError):
+                raise PipfixError(path, f"cannot write: {describe_os_error(exc)}") from None
+            raise
+
+    def commit(self) -> None:
+        """Rename the verified temporary file over the path (and fsync its directory)."""
+        replaced = False
+        try:
+            if not self._temporary.is_file():  # another run cleared stale staging meanwhile
+                raise PipfixError(self.path, "cannot write: its temporary file was removed")
+            faults.step(f"rename over {self.path}")
+            os.replace(self._temporary, self.path)
+            replaced = True
+            fsync_directory(self.path.parent)
+        except OSError as exc:
+            raise PipfixError(self.path, f"cannot write: {describe_os_error(exc)}") from None
+        finally:
+            self._clean(replaced)
+
+    def discard(self) -> None:
+        """Drop the temporary file: the path stays as it was."""
+        self._clean(replaced=False)
+
+    def _clean(self, replaced: bool) -> None:
+        shutil.rmtree(self._staging, ignore_errors=True)
+        if self._created and (not replaced or self.path.parent != self._state):
             # Nothing of this write stays in a state directory it created (an
             # output directory of patch-wheel keeps only the wheels).
-            clean_state_dir(state)
+            clean_state_dir(self._state)
 
 
 def ensure_backup(path: Path, original: bytes) -> Path:

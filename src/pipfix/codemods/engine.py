@@ -76,7 +76,45 @@ def transform_source(
         if outcome.changed:
             applied.append(codemod.INFO.id)
             module = outcome.module
-    return SourceResult(module.bytes if applied else source, tuple(applied), tuple(unpatchable))
+    patched = patched_bytes(original, source, module) if applied else source
+    return SourceResult(patched, tuple(applied), tuple(unpatchable))
+
+
+def patched_bytes(original: cst.Module, source: bytes, patched: cst.Module) -> bytes:
+    """``patched.bytes``, generating code only for the top-level statements that changed.
+
+    The codemods rebuild only the nodes on the way to what they change, so every
+    other top-level statement is the very node of ``original`` and its text is
+    the source's.  Each changed statement's original text is replaced by its new
+    one where it occurs -- exactly once in the source, or the whole module is
+    generated (as it is when anything but the statements changed).
+    """
+    same_frame = (
+        len(patched.body) == len(original.body)
+        and tuple(patched.header) == tuple(original.header)
+        and tuple(patched.footer) == tuple(original.footer)
+        and (patched.encoding, patched.default_indent, patched.default_newline)
+        == (original.encoding, original.default_indent, original.default_newline)
+        and patched.has_trailing_newline == original.has_trailing_newline
+    )
+    if not same_frame:
+        return patched.bytes
+    encoding = original.encoding
+    spliced: list[tuple[int, int, bytes]] = []
+    for before, after in zip(original.body, patched.body):
+        if after is before:
+            continue
+        old = original.code_for_node(before).encode(encoding)
+        start = source.find(old)
+        if start < 0 or source.find(old, start + 1) >= 0:
+            return patched.bytes
+        spliced.append((start, start + len(old), patched.code_for_node(after).encode(encoding)))
+    result, position = [], 0
+    for start, end, new in sorted(spliced):
+        result += [source[position:start], new]
+        position = end
+    result.append(source[position:])
+    return b"".join(result)
 
 
 def _unparsable(path: str, source: bytes, exc: cst.ParserSyntaxError) -> Unpatchable:

@@ -440,8 +440,7 @@ def preflight(installation: Installation) -> None:
 
     Called under the target's lock, after an interrupted swap was completed (a
     journal still present means another run is mid-swap: its files are half old,
-    half new until that run finishes, so they are not judged).  When something
-    will be reinstalled, the target is asked for its paths now, in the background.
+    half new until that run finishes, so they are not judged).
     """
     if (installation.state_dir / swap.JOURNAL).exists():
         return
@@ -450,8 +449,20 @@ def preflight(installation: Installation) -> None:
             for dist in find_installed(site):
                 if dist.provenance is None:
                     verify_installed(dist, only=patch_candidate)
-                    # It will be reinstalled: ask the target its paths meanwhile.
-                    schemes.start_confirming(computed)
+
+
+Asked = Mapping[schemes.InstallScheme, schemes.Confirmation]
+
+
+def start_asking_for_schemes(installation: Installation) -> Asked:
+    """Start the runs of the target that confirm its install paths, for each Python
+    version with an installed pip/setuptools to reinstall: they run while the
+    wheels are planned and written (pass the result to ``reinstall``)."""
+    return {
+        computed: schemes.start_confirming(computed)
+        for computed in schemes.computed_schemes(installation)
+        if any(d.provenance is None for site in computed.site_dirs for d in find_installed(site))
+    }
 
 
 def reinstall(
@@ -459,13 +470,15 @@ def reinstall(
     patched: Mapping[WheelKey, tuple[str, bytes]],
     bundled: Mapping[str, list[tuple[str, bytes]]],
     options: InstallOptions,
+    asked: Asked | None = None,
 ) -> list[InstallReport]:
-    """Patch every installed pip/setuptools of ``installation`` (and --ensurepip)."""
+    """Patch every installed pip/setuptools of ``installation`` (and --ensurepip);
+    ``asked``: confirmations ``start_asking_for_schemes`` started."""
     reports: list[InstallReport] = []
     if not options.dry_run and installation.state_dir.is_dir():
         swap.complete(installation.state_dir)
     for computed in schemes.computed_schemes(installation):
-        confirmed = _LazyScheme(computed)
+        confirmed = _LazyScheme(computed, (asked or {}).get(computed))
         dists = [d for site in computed.site_dirs for d in find_installed(site)]
         for dist in dists:
             reports.append(_reinstall_one(installation, confirmed, dist, patched, options))
@@ -478,13 +491,17 @@ def reinstall(
 class _LazyScheme:
     """The target is run (to confirm its scheme) only when something must be installed."""
 
-    def __init__(self, computed: schemes.InstallScheme) -> None:
+    def __init__(
+        self, computed: schemes.InstallScheme, started: schemes.Confirmation | None = None
+    ) -> None:
         self.computed = computed
+        self._started = started
         self._confirmed: schemes.InstallScheme | None = None
 
     def get(self) -> tuple[schemes.InstallScheme, bool]:
         if self._confirmed is None:
-            self._confirmed = schemes.confirm(self.computed)
+            started = self._started or schemes.start_confirming(self.computed)
+            self._confirmed = started.result()
         return self._confirmed, self._confirmed.source != schemes.COMPUTED
 
 

@@ -214,6 +214,9 @@ def apply(
     options = install.InstallOptions(
         relocatable=relocatable, ensurepip=ensurepip, installed_checked=True
     )
+    asked: dict[Path, install.Asked] = {}
+    if reinstall:  # the target answers while the wheels are planned and written
+        asked = {i.prefix: install.start_asking_for_schemes(i) for i in installations}
     # Verify everything before taking the lock: bad input must not change a byte.
     paths = _wheel_paths(installations)
     planned = dict(zip(paths, parallel.plan_all(paths, use_cache=use_cache, jobs=jobs)))
@@ -248,7 +251,9 @@ def apply(
             bundled = _bundled_by_version(installations, patched)
             for installation in installations:
                 undo.append(_undo_new_installs(installation))
-                installs += install.reinstall(installation, patched, bundled, options)
+                installs += install.reinstall(
+                    installation, patched, bundled, options, asked.get(installation.prefix)
+                )
     return RunReport(
         "apply",
         tuple(str(i.prefix) for i in installations),

@@ -168,8 +168,9 @@ class _Question:
         return out if process.returncode == 0 else None
 
 
-class _Confirmation:
-    """``confirm`` in two halves: the target starts now, the answer is read later."""
+class Confirmation:
+    """``confirm`` in two halves: the target starts now, the answer is read later
+    (``start_confirming``), so that the run overlaps other work."""
 
     def __init__(self, scheme: InstallScheme) -> None:
         self._scheme = scheme
@@ -204,20 +205,14 @@ class _Confirmation:
         )
 
 
-# Confirmations started ahead of need (``start_confirming``), taken by ``confirm``.
-_STARTED: dict[InstallScheme, _Confirmation] = {}
-
-
-def start_confirming(scheme: InstallScheme) -> None:
-    """Start ``confirm(scheme)``'s run of the target now, so that it overlaps other work."""
-    if scheme not in _STARTED:
-        _STARTED[scheme] = _Confirmation(scheme)
+def start_confirming(scheme: InstallScheme) -> Confirmation:
+    """Start ``confirm(scheme)``'s run of the target now; ``result()`` gives its answer."""
+    return Confirmation(scheme)
 
 
 def confirm(scheme: InstallScheme) -> InstallScheme:
     """Ask the target for its paths when it runs; keep the computed ones otherwise."""
-    started = _STARTED.pop(scheme, None)
-    return (started or _Confirmation(scheme)).result()
+    return Confirmation(scheme).result()
 
 
 def _replace_source(scheme: InstallScheme, source: str) -> InstallScheme:

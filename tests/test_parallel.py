@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -62,38 +61,6 @@ def test_first_error_in_input_order_is_raised(wheels: list[Path]) -> None:
         parallel.plan_all(wheels, jobs=2)
     assert str(together.value) == str(serial.value)
     assert together.value.path == wheels[2]
-
-
-def test_a_helper_process_plans_as_serial_does(wheels: list[Path]) -> None:
-    """A few wheels: this process plans every other one, a forked helper the rest."""
-    _forks_here()
-    together = parallel._plan_with_a_helper(wheels, use_cache=False)
-    for path, plan in zip(wheels, together):
-        alone = patcher.plan(path)
-        assert (plan.wheel.path, plan.state, plan.changes) == (path, alone.state, alone.changes)
-        if plan.state is patcher.WheelState.NEEDS_PATCH:
-            assert plan.build() == alone.build()
-
-
-@pytest.mark.parametrize("bad", [(1, 2), (0, 3), (3,)])
-def test_a_helper_process_reports_the_first_error_in_input_order(
-    wheels: list[Path], bad: tuple[int, ...]
-) -> None:
-    _forks_here()
-    for index in bad:
-        wheels[index].write_bytes(b"not a zip " + bytes([index]))
-    with pytest.raises(VerificationError) as raised:
-        parallel._plan_with_a_helper(wheels, use_cache=False)
-    assert raised.value.path == wheels[bad[0]]
-
-
-def test_the_share_of_a_helper_that_dies_is_planned_here(
-    wheels: list[Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _forks_here()
-    monkeypatch.setattr(parallel, "_helper", lambda *args: os._exit(9))  # dies at once
-    plans = parallel._plan_with_a_helper(wheels, use_cache=False)
-    assert [plan.changes for plan in plans] == [patcher.plan(path).changes for path in wheels]
 
 
 def test_errors_survive_the_trip_from_a_worker() -> None:

@@ -18,21 +18,16 @@ copies their locks, held or not).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pickle
 import shutil
-import signal
 import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn, Union
 
 from . import patcher
-from .errors import PipfixError
 from .shared_results import SharedResults
 
 # Below this many wheels one process is as fast (each worker pays its own
@@ -66,15 +61,9 @@ def plan_all(
     for each plan in input order as soon as it is there, while the workers go
     on with the others (an error it raises ends the run).
     """
-    if jobs is None and 2 <= len(paths) < MIN_WHEELS and usable_cpus() > 1 and _fork_is_safe():
-        plans = _plan_with_a_helper(paths, use_cache)
-        for index, plan in enumerate(plans):
-            if on_plan is not None:
-                on_plan(index, plan)
-        return plans
     wanted = jobs if jobs is not None else usable_cpus() if len(paths) >= MIN_WHEELS else 1
     workers = min(wanted, len(paths))
-    plans = []
+    plans: list[patcher.WheelPlan] = []
     if workers < 2 or not _fork_is_safe():
         for index, path in enumerate(paths):
             plans.append(patcher.plan(path, use_cache=use_cache))
@@ -103,77 +92,6 @@ def plan_all(
     finally:
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
-
-
-def _plan_with_a_helper(paths: Sequence[Path], use_cache: bool) -> list[patcher.WheelPlan]:
-    """A few wheels: this process plans every other one while one forked child plans
-    the rest (a pool would cost more to start than it saves).  Should the child
-    fail, this process plans its share too."""
-    shared = _shared_directory()
-    patcher.share_transforms(None if shared is None else SharedResults(shared))
-    theirs: list[_Outcome] = []
-    try:
-        reader, writer = os.pipe()
-        child = os.fork()
-        if child == 0:  # pragma: no cover - the child ends with os._exit
-            _helper(reader, writer, paths[1::2], use_cache)
-        os.close(writer)
-        try:
-            mine = _outcomes(paths[0::2], lambda path: patcher.plan(path, use_cache=use_cache))
-            with os.fdopen(reader, "rb") as pipe:
-                received = pipe.read()
-        except BaseException:
-            os.kill(child, signal.SIGKILL)
-            raise
-        finally:
-            os.waitpid(child, 0)
-        with contextlib.suppress(Exception):  # a helper that died sent nothing usable
-            theirs = pickle.loads(received)
-    finally:
-        patcher.share_transforms(None)
-        if shared is not None:
-            shutil.rmtree(shared, ignore_errors=True)
-    plans: list[patcher.WheelPlan] = []
-    for index, path in enumerate(paths):
-        outcomes = theirs if index % 2 else mine
-        outcome = outcomes[index // 2] if index // 2 < len(outcomes) else None
-        if isinstance(outcome, BaseException):
-            raise outcome
-        plans.append(outcome if outcome is not None else patcher.plan(path, use_cache=use_cache))
-    return plans
-
-
-_Outcome = Union[patcher.WheelPlan, BaseException]
-
-
-def _outcomes(
-    paths: Sequence[Path], plan: Callable[[Path], patcher.WheelPlan]
-) -> list[_Outcome]:
-    """Plans in order, up to and including the first error."""
-    outcomes: list[_Outcome] = []
-    for path in paths:
-        try:
-            outcomes.append(plan(path))
-        except PipfixError as exc:
-            outcomes.append(exc)
-            break
-    return outcomes
-
-
-def _helper(reader: int, writer: int, paths: Sequence[Path], use_cache: bool) -> NoReturn:
-    """The forked child of ``_plan_with_a_helper``: plans ``paths``, pickles them back."""
-    code = 1
-    try:
-        os.close(reader)
-        data = pickle.dumps(
-            _outcomes(paths, lambda path: _plan_and_build(path, use_cache)),
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
-        with os.fdopen(writer, "wb") as pipe:
-            pipe.write(data)
-        code = 0
-    finally:
-        os._exit(code)  # no atexit handlers, no flushing of the parent's buffers
 
 
 def _shared_directory() -> Path | None:

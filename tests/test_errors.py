@@ -124,6 +124,19 @@ def test_patch_wheel_errors(tmp_path: Path) -> None:
         pipfix("patch-wheel", good, "-o", tmp_path / "missing"), "output directory does not exist"
     )
     assert list(out.iterdir()) == []
+    # -o never writes over an input (no backup would be kept) nor two inputs to one name
+    twin = out / good.name
+    twin.write_bytes(good.read_bytes())
+    (tmp_path / "elsewhere").mkdir()
+    before = tree_digest(tmp_path)
+    assert_clean_error(
+        pipfix("patch-wheel", good, "-o", good.parent), str(good), "use --in-place"
+    )
+    assert_clean_error(
+        pipfix("patch-wheel", good, twin, "-o", tmp_path / "elsewhere"),
+        str(twin), f"same file name as {good}",
+    )
+    assert tree_digest(tmp_path) == before
 
 
 def test_restore_refuses_a_file_that_is_neither_original_nor_output(prefix: Path) -> None:

@@ -435,6 +435,7 @@ def patch_wheel(
     if destination_dir is not None and not destination_dir.is_dir():
         raise PipfixError(destination_dir, "output directory does not exist")
     if destination_dir is not None:
+        _check_outputs(paths, destination_dir)
         return _patch_into(paths, destination_dir, use_cache, jobs)
     planned = parallel.plan_all(paths, use_cache=use_cache, jobs=jobs)
     reports = []
@@ -446,6 +447,20 @@ def patch_wheel(
     return RunReport(
         "patch-wheel", tuple(str(p) for p in paths), tuple(reports), _exit_code(plans, applied=True)
     )
+
+
+def _check_outputs(paths: Sequence[Path], destination_dir: Path) -> None:
+    """-o DIR writes new files: never over an input (no backup would be kept), and
+    never two outputs under one name (one of them would be lost)."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if (destination_dir / path.name).resolve() == path.resolve():
+            raise PipfixError(
+                path, "is in the output directory; use --in-place to patch it where it is"
+            )
+        if path.name in seen and seen[path.name].resolve() != path.resolve():
+            raise PipfixError(path, f"has the same file name as {seen[path.name]}")
+        seen[path.name] = path
 
 
 def _patch_into(

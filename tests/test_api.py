@@ -41,5 +41,8 @@ def test_user_errors_raise_pipfix_error(tmp_path: Path) -> None:
     assert str(error.value).startswith(str(tmp_path))
     bad = tmp_path / "pip-1.0-py3-none-any.whl"
     shutil.copy(__file__, bad)
+    (tmp_path / "out").mkdir()
     with pytest.raises(pipfix.PipfixError, match="not a valid zip archive"):
-        pipfix.patch_wheel(bad, tmp_path)
+        pipfix.patch_wheel(bad, tmp_path / "out")
+    with pytest.raises(pipfix.PipfixError, match="use --in-place"):
+        pipfix.patch_wheel(bad, tmp_path)  # would replace the input without a backup

@@ -189,15 +189,16 @@ def test_zip_bomb_is_refused_quickly_in_little_memory(
     data, reason = make()
     wheel = tmp_path / BASE
     wheel.write_bytes(data)
-    bomb = _measured("patch-wheel", "-o", tmp_path, wheel)
+    out = tmp_path / "out"
+    out.mkdir()
+    bomb = _measured("patch-wheel", "-o", out, wheel)
     assert bomb["code"] == 2, bomb
     assert bomb["stderr"] == f"pipfix: error: {wheel}: {reason}\n"
+    assert list(out.iterdir()) == []
     # The good wheel the bomb was added to, patched (libcst and all), for scale.
     good = tmp_path / "good"
     good.mkdir()
     (good / BASE).write_bytes(base_bytes())
-    out = tmp_path / "out"
-    out.mkdir()
     normal = _measured("patch-wheel", "-o", out, good / BASE)
     assert normal["code"] == 0, normal
     print(

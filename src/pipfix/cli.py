@@ -147,7 +147,8 @@ def _add_cache_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-cache",
         action="store_true",
-        help="neither use nor fill the cache of patched wheels ($XDG_CACHE_HOME/pipfix)",
+        help="neither use nor fill the cache of patched wheels and of seals of verified "
+        "ones ($XDG_CACHE_HOME/pipfix)",
     )
     parser.add_argument(
         "-j",

@@ -36,6 +36,7 @@ from .errors import PipfixError
 from .installed import (
     InstalledDistribution,
     find_installed,
+    has_unpatched,
     is_bytecode,
     patch_candidate,
     rebuild_wheel,
@@ -459,9 +460,9 @@ def start_asking_for_schemes(installation: Installation) -> Asked:
     version with an installed pip/setuptools to reinstall: they run while the
     wheels are planned and written (pass the result to ``reinstall``)."""
     return {
-        computed: schemes.start_confirming(computed)
+        computed: schemes.Confirmation(computed)
         for computed in schemes.computed_schemes(installation)
-        if any(d.provenance is None for site in computed.site_dirs for d in find_installed(site))
+        if any(has_unpatched(site) for site in computed.site_dirs)
     }
 
 
@@ -500,7 +501,7 @@ class _LazyScheme:
 
     def get(self) -> tuple[schemes.InstallScheme, bool]:
         if self._confirmed is None:
-            started = self._started or schemes.start_confirming(self.computed)
+            started = self._started or schemes.Confirmation(self.computed)
             self._confirmed = started.result()
         return self._confirmed, self._confirmed.source != schemes.COMPUTED
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -70,16 +70,27 @@ class InstalledDistribution:
         return [self.absolute(p) for p in self.records]
 
 
-def find_installed(site_dir: Path) -> list[InstalledDistribution]:
-    """pip and setuptools distributions installed in ``site_dir``."""
-    found: list[InstalledDistribution] = []
+def _dist_infos(site_dir: Path) -> Iterator[tuple[Path, str, str]]:
+    """(dist-info directory, name, version) of pip and setuptools in ``site_dir``."""
     if not site_dir.is_dir():
-        return found
+        return
     for dist_info in sorted(site_dir.glob("*.dist-info")):
         stem = dist_info.name[: -len(".dist-info")]
         name, _, version = stem.rpartition("-")
-        if canonicalize_name(name) not in PATCHED_DISTRIBUTIONS:
-            continue
+        if canonicalize_name(name) in PATCHED_DISTRIBUTIONS:
+            yield dist_info, name, version
+
+
+def has_unpatched(site_dir: Path) -> bool:
+    """Whether pip or setuptools is installed in ``site_dir`` without pipfix's patch
+    (its RECORD is not read: ``find_installed`` does that, and judges it)."""
+    return any(not (d / provenance.FILENAME).is_file() for d, _, _ in _dist_infos(site_dir))
+
+
+def find_installed(site_dir: Path) -> list[InstalledDistribution]:
+    """pip and setuptools distributions installed in ``site_dir``."""
+    found: list[InstalledDistribution] = []
+    for dist_info, name, version in _dist_infos(site_dir):
         record_file = dist_info / "RECORD"
         if not record_file.is_file():
             raise PipfixError(dist_info, "installed without a RECORD; cannot patch it safely")

@@ -120,11 +120,6 @@ def computed_schemes(installation: Installation) -> list[InstallScheme]:
 _ASK = "import json, sysconfig; print(json.dumps(sysconfig.get_paths()))"
 
 
-def target_runs(interpreter: Path, timeout: float = 20) -> bool:
-    """Whether the target interpreter executes on this host."""
-    return ask_target(interpreter, ["-c", "pass"], timeout) is not None
-
-
 def ask_target(
     interpreter: Path, args: list[str], timeout: float = 60, *, site: bool = True
 ) -> str | None:
@@ -169,8 +164,9 @@ class _Question:
 
 
 class Confirmation:
-    """``confirm`` in two halves: the target starts now, the answer is read later
-    (``start_confirming``), so that the run overlaps other work."""
+    """Ask the target for its paths when it runs (keep the computed ones otherwise):
+    the target starts now, ``result()`` reads its answer later, so that the run
+    overlaps other work."""
 
     def __init__(self, scheme: InstallScheme) -> None:
         self._scheme = scheme
@@ -203,16 +199,6 @@ class Confirmation:
             scheme.interpreter,
             FROM_TARGET,
         )
-
-
-def start_confirming(scheme: InstallScheme) -> Confirmation:
-    """Start ``confirm(scheme)``'s run of the target now; ``result()`` gives its answer."""
-    return Confirmation(scheme)
-
-
-def confirm(scheme: InstallScheme) -> InstallScheme:
-    """Ask the target for its paths when it runs; keep the computed ones otherwise."""
-    return Confirmation(scheme).result()
 
 
 def _replace_source(scheme: InstallScheme, source: str) -> InstallScheme:

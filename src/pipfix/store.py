@@ -131,8 +131,6 @@ class PreparedReplace:
         """Rename the verified temporary file over the path (and fsync its directory)."""
         replaced = False
         try:
-            if not self._temporary.is_file():  # another run cleared stale staging meanwhile
-                raise PipfixError(self.path, "cannot write: its temporary file was removed")
             faults.step(f"rename over {self.path}")
             os.replace(self._temporary, self.path)
             replaced = True

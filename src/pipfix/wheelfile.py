@@ -284,15 +284,15 @@ def verify(path: Path, data: bytes | None = None, *, use_seals: bool = False) ->
         archive = zipraw.read_archive(data)
     except zipraw.RawZipError as exc:
         raise VerificationError(path, f"not a valid zip archive ({exc})") from None
-    if not sealed:
-        _check_members(path, archive)
-    dist_info = _dist_info(path, archive, str(name), str(version))
     contents: Mapping[str, bytes]
     entries: Mapping[str, record.RecordEntry]
     if sealed:
+        dist_info = _dist_info(path, archive, str(name), str(version))
         contents = _Inflating(path, archive)
         entries = _RecordRows(path, f"{dist_info}/RECORD", contents)
     else:
+        _check_members(path, archive)
+        dist_info = _dist_info(path, archive, str(name), str(version))
         contents = _read_contents(path, data, archive)
         entries = _check_record(path, dist_info, contents)
         if use_seals:

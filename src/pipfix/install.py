@@ -211,24 +211,6 @@ def _staged_files(stage_root: Path) -> list[Path]:
     return sorted(p for p in stage_root.rglob("*") if p.is_file())
 
 
-# What compileall.compile_file(source, ddir=final_dir, force=True) does, without
-# importing compileall in the target: (staged source, its final directory) pairs.
-_COMPILE = (
-    "import os, py_compile, sys\n"
-    "args = sys.argv[1:]\n"
-    "for source, final_dir in zip(args[::2], args[1::2]):\n"
-    "    final = os.path.join(final_dir, os.path.basename(source))\n"
-    "    py_compile.compile(source, dfile=final, doraise=True)\n"
-)
-
-
-def _compile_with_target(interpreter: Path, sources: list[tuple[Path, Path]]) -> bool:
-    if not sources:
-        return True
-    args = [str(a) for staged, final in sources for a in (staged, final.parent)]
-    return schemes.ask_target(interpreter, ["-c", _COMPILE, *args], site=False) is not None
-
-
 def _cache_files_of(source: Path) -> list[Path]:
     cache = source.parent / "__pycache__"
     if not cache.is_dir():
@@ -236,19 +218,19 @@ def _cache_files_of(source: Path) -> list[Path]:
     return sorted(cache.glob(f"{source.stem}.*.pyc"))
 
 
-def _rewrite_staged_record(
-    record_file: Path, site_dir: Path, extra: Iterable[tuple[Path, Path]]
-) -> None:
-    """Add rows for bytecode caches that stay valid or were compiled by the target.
-
-    ``extra`` holds (final path, path to read the bytes from) pairs; RECORD
-    paths are relative to the final ``site_dir``.
-    """
-    text = record_file.read_text(encoding="utf-8")
+def _record_rows(site_dir: Path, files: Iterable[tuple[Path, Path]]) -> list[str]:
+    """RECORD rows for bytecode caches: ``files`` holds (final path, path to read
+    the bytes from) pairs; RECORD paths are relative to the final ``site_dir``."""
     rows = []
-    for final, readable in extra:
+    for final, readable in files:
         relative = os.path.relpath(final, site_dir).replace(os.sep, "/")
         rows.append(",".join(record.entry_for(relative, readable.read_bytes()).to_row()) + "\n")
+    return rows
+
+
+def _rewrite_staged_record(record_file: Path, rows: list[str]) -> None:
+    """Add rows for bytecode caches that stay valid or were compiled by the target."""
+    text = record_file.read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)
     record_row = [line for line in lines if line.split(",", 1)[0].endswith("/RECORD")]
     others = [line for line in lines if line not in record_row]
@@ -268,7 +250,7 @@ def _stage(
     wheel_path: Path,
     dist: InstalledDistribution | None,
     options: InstallOptions,
-    runs: bool,
+    target: schemes.TargetSession | None,
 ) -> tuple[_Staged, str]:
     existing_scripts = {}
     if dist is not None:
@@ -334,22 +316,25 @@ def _stage(
                 source_py = absolute.parent.parent / (absolute.name.split(".", 1)[0] + ".py")
                 if source_py not in changed_finals:
                     kept_caches.append(absolute)
-    if runs and _compile_with_target(target_scheme.interpreter, changed_sources):
+    compiling = None if target is None else target.start_compiling(changed_sources)
+    record_files = [p for p in staged if p.name == "RECORD" and p.parent.suffix == ".dist-info"]
+    sites = {f: _final_path(stage_root, f.parent.parent) for f in record_files}
+    # Hashed while the target compiles: the caches that stay valid.
+    rows = {f: _record_rows(sites[f], [(c, c) for c in kept_caches]) for f in record_files}
+    if compiling is not None and compiling():
         compiled = [c for s, _ in changed_sources for c in _cache_files_of(s)]
         bytecode = "changed modules compiled with the target"
     else:
         compiled = []
         bytecode = (
             "none for changed modules: the target does not run here"
-            if not runs
+            if compiling is None
             else "none for changed modules: the target failed to compile them"
         )
-    extra = [(c, c) for c in kept_caches] + [(_final_path(stage_root, c), c) for c in compiled]
-    for record_file in (
-        p for p in staged if p.name == "RECORD" and p.parent.suffix == ".dist-info"
-    ):
-        final_site = _final_path(stage_root, record_file.parent.parent)
-        _rewrite_staged_record(record_file, final_site, extra)
+    fresh = [(_final_path(stage_root, c), c) for c in compiled]
+    for record_file in record_files:
+        rows[record_file] += _record_rows(sites[record_file], fresh)
+        _rewrite_staged_record(record_file, rows[record_file])
     staged = _staged_files(stage_root)
 
     operations: list[swap.Operation] = []
@@ -394,7 +379,7 @@ def _swap_in(
     wheel_data: bytes,
     dist: InstalledDistribution | None,
     options: InstallOptions,
-    runs: bool,
+    target: schemes.TargetSession | None,
 ) -> tuple[list[str], str, str]:
     state_dir = installation.state_dir
     state_dir.mkdir(exist_ok=True)
@@ -403,7 +388,7 @@ def _swap_in(
         wheel_path = stage / wheel_name
         wheel_path.write_bytes(wheel_data)
         staged, script_style = _stage(
-            target_scheme, stage / "root", wheel_path, dist, options, runs
+            target_scheme, stage / "root", wheel_path, dist, options, target
         )
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)  # nothing was swapped yet
@@ -452,18 +437,23 @@ def preflight(installation: Installation) -> None:
                     verify_installed(dist, only=patch_candidate)
 
 
-Asked = Mapping[schemes.InstallScheme, schemes.Confirmation]
+Asked = Mapping[schemes.InstallScheme, schemes.TargetSession]
 
 
 def start_asking_for_schemes(installation: Installation) -> Asked:
-    """Start the runs of the target that confirm its install paths, for each Python
-    version with an installed pip/setuptools to reinstall: they run while the
-    wheels are planned and written (pass the result to ``reinstall``)."""
+    """Start the target's runs (``TargetSession``) for each Python version with an
+    installed pip/setuptools to reinstall: they start while the wheels are planned
+    and written (pass the result to ``reinstall``; ``stop_asking`` ends them)."""
     return {
-        computed: schemes.Confirmation(computed)
+        computed: schemes.TargetSession(computed)
         for computed in schemes.computed_schemes(installation)
         if any(has_unpatched(site) for site in computed.site_dirs)
     }
+
+
+def stop_asking(asked: Asked) -> None:
+    for session in asked.values():
+        session.close()
 
 
 def reinstall(
@@ -474,18 +464,23 @@ def reinstall(
     asked: Asked | None = None,
 ) -> list[InstallReport]:
     """Patch every installed pip/setuptools of ``installation`` (and --ensurepip);
-    ``asked``: confirmations ``start_asking_for_schemes`` started."""
+    ``asked``: sessions ``start_asking_for_schemes`` started (the caller ends them)."""
     reports: list[InstallReport] = []
     if not options.dry_run and installation.state_dir.is_dir():
         swap.complete(installation.state_dir)
     for computed in schemes.computed_schemes(installation):
         confirmed = _LazyScheme(computed, (asked or {}).get(computed))
-        dists = [d for site in computed.site_dirs for d in find_installed(site)]
-        for dist in dists:
-            reports.append(_reinstall_one(installation, confirmed, dist, patched, options))
-        if options.ensurepip and not any(canonicalize_name(d.name) == "pip" for d in dists):
-            for wheel_name, data in bundled.get(computed.version, []):
-                reports.append(_install_new(installation, confirmed, wheel_name, data, options))
+        try:
+            dists = [d for site in computed.site_dirs for d in find_installed(site)]
+            for dist in dists:
+                reports.append(_reinstall_one(installation, confirmed, dist, patched, options))
+            if options.ensurepip and not any(canonicalize_name(d.name) == "pip" for d in dists):
+                for wheel_name, data in bundled.get(computed.version, []):
+                    reports.append(
+                        _install_new(installation, confirmed, wheel_name, data, options)
+                    )
+        finally:
+            confirmed.close()
     return reports
 
 
@@ -493,17 +488,23 @@ class _LazyScheme:
     """The target is run (to confirm its scheme) only when something must be installed."""
 
     def __init__(
-        self, computed: schemes.InstallScheme, started: schemes.Confirmation | None = None
+        self, computed: schemes.InstallScheme, started: schemes.TargetSession | None = None
     ) -> None:
         self.computed = computed
         self._started = started
-        self._confirmed: schemes.InstallScheme | None = None
+        self._own: schemes.TargetSession | None = None
 
-    def get(self) -> tuple[schemes.InstallScheme, bool]:
-        if self._confirmed is None:
-            started = self._started or schemes.Confirmation(self.computed)
-            self._confirmed = started.result()
-        return self._confirmed, self._confirmed.source != schemes.COMPUTED
+    def get(self) -> tuple[schemes.InstallScheme, schemes.TargetSession | None]:
+        """The scheme to install into, and the running target (None: it does not run)."""
+        session = self._started
+        if session is None:
+            session = self._own = self._own or schemes.TargetSession(self.computed)
+        return session.scheme(), session if session.runs else None
+
+    def close(self) -> None:
+        """End the session this started itself (a started one is its caller's)."""
+        if self._own is not None:
+            self._own.close()
 
 
 def _reinstall_one(
@@ -527,9 +528,9 @@ def _reinstall_one(
         source = "its installed (already patched) files"
     if options.dry_run:
         return replace(base, action="would reinstall", source=source)
-    target_scheme, runs = lazy_scheme.get()
+    target_scheme, target = lazy_scheme.get()
     changed, scripts, bytecode = _swap_in(
-        installation, target_scheme, wheel_name, data, dist, options, runs
+        installation, target_scheme, wheel_name, data, dist, options, target
     )
     return replace(
         base,
@@ -559,9 +560,9 @@ def _install_new(
     )
     if options.dry_run:
         return replace(base, action="would install")
-    target_scheme, runs = lazy_scheme.get()
+    target_scheme, target = lazy_scheme.get()
     _, scripts, bytecode = _swap_in(
-        installation, target_scheme, wheel_name, data, None, options, runs
+        installation, target_scheme, wheel_name, data, None, options, target
     )
     return replace(
         base,

@@ -217,43 +217,48 @@ def apply(
     asked: dict[Path, install.Asked] = {}
     if reinstall:  # the target answers while the wheels are planned and written
         asked = {i.prefix: install.start_asking_for_schemes(i) for i in installations}
-    # Verify everything before taking the lock: bad input must not change a byte.
-    paths = _wheel_paths(installations)
-    planned = dict(zip(paths, parallel.plan_all(paths, use_cache=use_cache, jobs=jobs)))
-    # The wheel directories are locked too, so `patch-wheel --in-place` on the same
-    # wheel waits for this run (and the other way round).
-    wheel_locks = [
-        store.state_dir_for(path)
-        for path, plan in planned.items()
-        if plan.state is WheelState.NEEDS_PATCH
-    ]
-    with _locked([*(i.state_dir for i in installations), *wheel_locks]), _undo_on_failure() as undo:
-        for installation in installations:
-            if installation.state_dir.is_dir():
-                swap.complete(installation.state_dir)
-            if reinstall:  # under the lock, before the first write, once per run
-                install.preflight(installation)
-        plans = [
-            _still_valid(planned.get(path), path, use_cache)
-            for path in _wheel_paths(installations)
+    try:
+        # Verify everything before taking the lock: bad input must not change a byte.
+        paths = _wheel_paths(installations)
+        planned = dict(zip(paths, parallel.plan_all(paths, use_cache=use_cache, jobs=jobs)))
+        # The wheel directories are locked too, so `patch-wheel --in-place` on the same
+        # wheel waits for this run (and the other way round).
+        wheel_locks = [
+            store.state_dir_for(path)
+            for path, plan in planned.items()
+            if plan.state is WheelState.NEEDS_PATCH
         ]
-        reports = []
-        for plan in plans:
-            store.remove_stale_staging(store.state_dir_for(plan.wheel.path))
-            if plan.state is WheelState.NEEDS_PATCH:
-                undo.append(_undo_wheel_write(plan))
-                reports.append(_write_patched(plan, plan.wheel.path, backup=True))
-            else:
-                reports.append(_report(plan, _IDLE_ACTIONS[plan.state]))
-        installs: list[install.InstallReport] = []
-        if reinstall:
-            patched = _patched_wheels(plans)
-            bundled = _bundled_by_version(installations, patched)
+        locks = [*(i.state_dir for i in installations), *wheel_locks]
+        with _locked(locks), _undo_on_failure() as undo:
             for installation in installations:
-                undo.append(_undo_new_installs(installation))
-                installs += install.reinstall(
-                    installation, patched, bundled, options, asked.get(installation.prefix)
-                )
+                if installation.state_dir.is_dir():
+                    swap.complete(installation.state_dir)
+                if reinstall:  # under the lock, before the first write, once per run
+                    install.preflight(installation)
+            plans = [
+                _still_valid(planned.get(path), path, use_cache)
+                for path in _wheel_paths(installations)
+            ]
+            reports = []
+            for plan in plans:
+                store.remove_stale_staging(store.state_dir_for(plan.wheel.path))
+                if plan.state is WheelState.NEEDS_PATCH:
+                    undo.append(_undo_wheel_write(plan))
+                    reports.append(_write_patched(plan, plan.wheel.path, backup=True))
+                else:
+                    reports.append(_report(plan, _IDLE_ACTIONS[plan.state]))
+            installs: list[install.InstallReport] = []
+            if reinstall:
+                patched = _patched_wheels(plans)
+                bundled = _bundled_by_version(installations, patched)
+                for installation in installations:
+                    undo.append(_undo_new_installs(installation))
+                    installs += install.reinstall(
+                        installation, patched, bundled, options, asked.get(installation.prefix)
+                    )
+    finally:
+        for started in asked.values():
+            install.stop_asking(started)
     return RunReport(
         "apply",
         tuple(str(i.prefix) for i in installations),

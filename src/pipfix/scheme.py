@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,88 +120,142 @@ def computed_schemes(installation: Installation) -> list[InstallScheme]:
     return schemes
 
 
-_ASK = "import json, sysconfig; print(json.dumps(sysconfig.get_paths()))"
+# The target's side of a ``TargetSession``: its install paths at once, then a
+# line per compile job read from stdin (what compileall.compile_file(source,
+# ddir=final_dir, force=True) does, without importing compileall).
+_SESSION = (
+    "import json, os, sys, sysconfig\n"
+    "print(json.dumps(sysconfig.get_paths()), flush=True)\n"
+    "import py_compile\n"
+    "for line in sys.stdin:\n"
+    "    try:\n"
+    "        for source, final_dir in json.loads(line):\n"
+    "            final = os.path.join(final_dir, os.path.basename(source))\n"
+    "            py_compile.compile(source, dfile=final, doraise=True)\n"
+    "    except Exception:\n"
+    "        print('failed', flush=True)\n"
+    "    else:\n"
+    "        print('compiled', flush=True)\n"
+)
 
 
-def ask_target(
-    interpreter: Path, args: list[str], timeout: float = 60, *, site: bool = True
-) -> str | None:
-    """Run the target isolated, writing no bytecode; None when it cannot run here.
+class TargetSession:
+    """One run of the target for a whole reinstall, started as early as possible.
 
-    ``site=False``: nor import ``site`` (its ``.pth`` files cost a short run
-    half its time), for questions that do not depend on it.
+    It reports the target's install paths (``scheme``), then compiles what it
+    is sent (``start_compiling``): the interpreter starts once, while the
+    wheels are still planned, instead of once per question. Isolated (``-I``),
+    writing no bytecode of its own (``-B``). Each answer is waited for at most
+    ``timeout`` seconds (on POSIX hosts); then the target counts as not running.
     """
-    return _Question(interpreter, args, timeout, site).answer()
 
-
-class _Question:
-    """A run of the target, started at once and waited for when its answer is needed."""
-
-    def __init__(self, interpreter: Path, args: list[str], timeout: float, site: bool) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_"))}
-        flags = ["-I", "-B"] if site else ["-I", "-S", "-B"]
+    def __init__(self, scheme: InstallScheme, timeout: float = 60) -> None:
+        self._computed = scheme
         self._timeout = timeout
-        self._process: subprocess.Popen[str] | None
+        self._pending = b""
+        self._scheme: InstallScheme | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        if not scheme.interpreter.exists():
+            return
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_"))}
         try:
             self._process = subprocess.Popen(
-                [str(interpreter), *flags, *args],
+                [str(scheme.interpreter), "-I", "-B", "-c", _SESSION],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+                stderr=subprocess.DEVNULL,  # warnings of compile() would fill a pipe
                 env=env,
             )
         except (OSError, subprocess.SubprocessError):
             self._process = None
 
-    def answer(self) -> str | None:
+    def scheme(self) -> InstallScheme:
+        """The install paths: the target's own answer when it runs, else the computed ones."""
+        if self._scheme is None:
+            self._scheme = _confirmed(self._computed, self._read_line())
+        return self._scheme
+
+    @property
+    def runs(self) -> bool:
+        """The target answered (so it can compile for itself)."""
+        return self.scheme().source != COMPUTED and self._process is not None
+
+    def start_compiling(self, sources: list[tuple[Path, Path]]) -> Callable[[], bool]:
+        """Send (source, final path) pairs to compile; the result says whether all compiled."""
+        if not sources:
+            return lambda: True
+        if not self.runs:
+            return lambda: False
+        job = [[str(source), str(final.parent)] for source, final in sources]
         process = self._process
+        try:
+            assert process is not None and process.stdin is not None
+            process.stdin.write(json.dumps(job).encode("ascii") + b"\n")
+            process.stdin.flush()
+        except OSError:  # it died
+            self.close()
+            return lambda: False
+        return lambda: self._read_line() == "compiled"
+
+    def close(self) -> None:
+        """End the run (it only waits for input between questions)."""
+        process, self._process = self._process, None
         if process is None:
+            return
+        process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                stream.close()
+
+    def _read_line(self) -> str | None:
+        """The next line the target prints, or None (it failed, exited or timed out)."""
+        process = self._process
+        if process is None or process.stdout is None:
             return None
-        try:
-            out, _ = process.communicate(timeout=self._timeout)
-        except subprocess.SubprocessError:  # timed out
-            process.kill()
-            process.communicate()
-            return None
-        return out if process.returncode == 0 else None
+        deadline = time.monotonic() + self._timeout
+        while b"\n" not in self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not _readable(process.stdout.fileno(), remaining):
+                self.close()
+                return None
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                self.close()
+                return None
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode("utf-8", "replace").strip()
 
 
-class Confirmation:
-    """Ask the target for its paths when it runs (keep the computed ones otherwise):
-    the target starts now, ``result()`` reads its answer later, so that the run
-    overlaps other work."""
+def _readable(fd: int, timeout: float) -> bool:
+    if os.name != "posix":
+        return True  # select() takes only sockets there: a blocking read
+    return bool(select.select([fd], [], [], timeout)[0])
 
-    def __init__(self, scheme: InstallScheme) -> None:
-        self._scheme = scheme
-        self._question = (
-            _Question(scheme.interpreter, ["-c", _ASK], 60, True)
-            if scheme.interpreter.exists()
-            else None
-        )
 
-    def result(self) -> InstallScheme:
-        scheme = self._scheme
-        answer = None if self._question is None else self._question.answer()
-        if answer is None:
-            return scheme
-        try:
-            live = {k: Path(v) for k, v in json.loads(answer).items()}
-        except (ValueError, TypeError, AttributeError):
-            return scheme
-        keys = ("purelib", "platlib", "scripts")
-        computed = {k: Path(os.path.realpath(getattr(scheme, k))) for k in keys}
-        if all(Path(os.path.realpath(live[k])) == computed[k] for k in keys if k in live):
-            return _replace_source(scheme, CONFIRMED)
-        return InstallScheme(
-            scheme.version,
-            live.get("purelib", scheme.purelib),
-            live.get("platlib", scheme.platlib),
-            live.get("scripts", scheme.scripts),
-            live.get("data", scheme.data),
-            live.get("include", scheme.headers),
-            scheme.interpreter,
-            FROM_TARGET,
-        )
+def _confirmed(scheme: InstallScheme, answer: str | None) -> InstallScheme:
+    """``scheme`` as the target's ``sysconfig.get_paths()`` answer confirms or corrects it."""
+    if answer is None:
+        return scheme
+    try:
+        live = {k: Path(v) for k, v in json.loads(answer).items()}
+    except (ValueError, TypeError, AttributeError):
+        return scheme
+    keys = ("purelib", "platlib", "scripts")
+    computed = {k: Path(os.path.realpath(getattr(scheme, k))) for k in keys}
+    if all(Path(os.path.realpath(live[k])) == computed[k] for k in keys if k in live):
+        return _replace_source(scheme, CONFIRMED)
+    return InstallScheme(
+        scheme.version,
+        live.get("purelib", scheme.purelib),
+        live.get("platlib", scheme.platlib),
+        live.get("scripts", scheme.scripts),
+        live.get("data", scheme.data),
+        live.get("include", scheme.headers),
+        scheme.interpreter,
+        FROM_TARGET,
+    )
 
 
 def _replace_source(scheme: InstallScheme, source: str) -> InstallScheme:

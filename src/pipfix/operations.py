@@ -86,7 +86,7 @@ def _prepare_output(plan: WheelPlan, destination: Path) -> store.PreparedReplace
 
 
 def _written(plan: WheelPlan, destination: Path, backup_path: Path | None) -> WheelReport:
-    sha256 = record.sha256_hex(plan.build())  # verify_output: the file reads back as this
+    sha256 = plan.output_sha256()  # verify_output: the file reads back as its bytes
     if plan.use_cache:
         seals.seal(sha256, destination.name)
     return _report(
@@ -483,18 +483,17 @@ def _patch_into(
             prepared[index] = _prepare_output(plan, destination_dir / plan.wheel.path.name)
 
     try:
-        planned = parallel.plan_all(paths, use_cache=use_cache, jobs=jobs, on_plan=prepare)
+        # Each input is read once: the output of an input replaced during the run is
+        # that of the bytes read and verified (the input itself is never written).
+        plans = parallel.plan_all(paths, use_cache=use_cache, jobs=jobs, on_plan=prepare)
         reports = []
-        plans = [_still_valid(plan, plan.wheel.path, use_cache) for plan in planned]
         for index, plan in enumerate(plans):
             ready = prepared.pop(index, None)
-            if ready is not None and plan is planned[index]:
+            if ready is not None:
                 ready.commit()
                 reports.append(_written(plan, ready.path, None))
-                continue
-            if ready is not None:
-                ready.discard()  # the input changed since it was planned
-            reports.append(_patch_one(plan, destination_dir))
+            else:
+                reports.append(_patch_one(plan, destination_dir))
     finally:
         for ready in prepared.values():
             ready.discard()

@@ -44,11 +44,12 @@ class FileChange:
 class _Built:
     """The plan's output once built, and whether pipfix's reader verified it."""
 
-    __slots__ = ("data", "verified")
+    __slots__ = ("data", "sha256", "verified")
 
     def __init__(self, data: bytes | None = None, verified: bool = False) -> None:
         self.data = data
         self.verified = verified
+        self.sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,20 @@ class WheelPlan:
         return data
 
     def build_verified(self) -> bytes:
-        """``build()``, then pipfix's reader over the output at once (a worker
-        process does this, so that its parent only writes)."""
+        """``build()``, then pipfix's reader over the output and its digest at once
+        (a worker process does this, so that its parent only writes)."""
         data = self.build()
         if not self._built.verified:
             verify_rebuilt(self.wheel.path, data, self)
             self._built.verified = True
+        self.output_sha256()
         return data
+
+    def output_sha256(self) -> str:
+        """The sha256 of ``build()``'s bytes, computed once."""
+        if self._built.sha256 is None:
+            self._built.sha256 = record.sha256_hex(self.build())
+        return self._built.sha256
 
     def diff(self) -> str:
         """Unified diff of every changed member, as a reviewer reads it."""

@@ -26,9 +26,11 @@ import hashlib
 import json
 import stat
 import struct
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
@@ -609,6 +611,19 @@ def compile_error(source: bytes) -> tuple[int, str]:
     except SyntaxError as exc:
         return exc.lineno or 0, exc.msg
     raise AssertionError("compiles")
+
+
+def with_member_flipped(path: Path, member: str) -> None:
+    """Flip one byte of ``member``'s stored data in the wheel at ``path``: its
+    headers stay as they were, its CRC no longer matches."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    header = info.header_offset
+    lengths = int.from_bytes(data[header + 26 : header + 30], "little")  # name, extra field
+    start = header + 30 + (lengths & 0xFFFF) + (lengths >> 16)
+    data[start + info.compress_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 def all_cases() -> list[Case]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from pipfix import patcher, record, seals, wheelfile
 from pipfix.errors import VerificationError
 from pipfix.patcher import WheelState
 
+from badwheels import with_member_flipped
 from conftest import SRC, clean_env, pipfix
 
 PIP = "pip-23.2.1-py3-none-any.whl"
@@ -27,18 +27,6 @@ def wheel(pinned_wheels: dict[str, Path], tmp_path: Path) -> Path:
 
 def _sealed(path: Path) -> bool:
     return seals.is_sealed(record.sha256_hex(path.read_bytes()), path.name)
-
-
-def _with_member_flipped(path: Path, member: str) -> None:
-    """Flip one byte of ``member``'s stored data: its CRC no longer matches."""
-    data = bytearray(path.read_bytes())
-    with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo(member)
-    header = info.header_offset
-    lengths = int.from_bytes(data[header + 26 : header + 30], "little")  # name, extra field
-    start = header + 30 + (lengths & 0xFFFF) + (lengths >> 16)
-    data[start + info.compress_size // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def test_a_full_verification_leaves_a_seal_the_next_run_uses(cache_home: Path, wheel: Path) -> None:
@@ -64,7 +52,7 @@ def test_a_seal_vouches_only_for_its_own_bytes_and_name(cache_home: Path, wheel:
     renamed = wheel.with_name("pip-23.2.1-py2.py3-none-any.whl")
     shutil.copyfile(wheel, renamed)
     assert not _sealed(renamed)
-    _with_member_flipped(wheel, GLIBC)
+    with_member_flipped(wheel, GLIBC)
     with pytest.raises(VerificationError, match=GLIBC):
         wheelfile.verify(wheel, use_seals=True)  # new bytes: verified in full, refused
     assert not _sealed(wheel)
@@ -72,7 +60,7 @@ def test_a_seal_vouches_only_for_its_own_bytes_and_name(cache_home: Path, wheel:
 
 def test_members_of_a_sealed_wheel_are_still_crc_checked(cache_home: Path, wheel: Path) -> None:
     """Were a seal ever wrong, a damaged member would still not be read as good bytes."""
-    _with_member_flipped(wheel, GLIBC)
+    with_member_flipped(wheel, GLIBC)
     seals.seal(record.sha256_hex(wheel.read_bytes()), wheel.name)  # a seal that lies
     sealed = wheelfile.verify(wheel, use_seals=True)
     with pytest.raises(VerificationError, match=GLIBC):

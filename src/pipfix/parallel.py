@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from . import patcher
+from . import patcher, wheelfile
 from .shared_results import SharedResults
 
 # Below this many wheels one process is as fast (each worker pays its own
@@ -65,10 +65,11 @@ def plan_all(
     workers = min(wanted, len(paths))
     plans: list[patcher.WheelPlan] = []
     if workers < 2 or not _fork_is_safe():
-        for index, path in enumerate(paths):
-            plans.append(patcher.plan(path, use_cache=use_cache))
-            if on_plan is not None:
-                on_plan(index, plans[-1])
+        with wheelfile.reusing_payloads():
+            for index, path in enumerate(paths):
+                plans.append(patcher.plan(path, use_cache=use_cache))
+                if on_plan is not None:
+                    on_plan(index, plans[-1])
         return plans
     import multiprocessing  # with concurrent.futures: 10-20 ms, for runs that fork only
     from concurrent.futures import ProcessPoolExecutor
@@ -103,8 +104,10 @@ def _shared_directory() -> Path | None:
 
 
 def _join_run(shared: Path | None) -> None:
-    """In a worker: share transform results with the run's other workers."""
+    """In a worker: share transform results with the run's other workers, and
+    reuse the payloads of the wheel verified just before (for its whole life)."""
     patcher.share_transforms(None if shared is None else SharedResults(shared))
+    wheelfile.start_reusing_payloads()
 
 
 def _fork_is_safe() -> bool:

@@ -11,6 +11,7 @@ for the members that changed, plus pipfix's provenance file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import posixpath
 import re
@@ -219,12 +220,71 @@ _Inflated = tuple[dict[str, bytes], Optional[tuple[zipraw.RawMember, zipraw.RawZ
 def _inflate(members: list[zipraw.RawMember]) -> _Inflated:
     """Payloads of ``members`` in order, up to the first that fails (and its error)."""
     payloads: dict[str, bytes] = {}
+    known = _last_verified.members if _last_verified is not None else {}
     for member in members:
+        earlier = known.get(member.name)
+        if earlier is not None and _same_stored_data(member, earlier[0]):
+            payloads[member.name] = earlier[1]  # read_payload would check it alike
+            continue
         try:
             payloads[member.name] = zipraw.read_payload(member)
         except zipraw.RawZipError as exc:
             return payloads, (member, exc)
     return payloads, None
+
+
+def _same_stored_data(member: zipraw.RawMember, other: zipraw.RawMember) -> bool:
+    """Same method, declared size and CRC, and compressed bytes: the same payload,
+    which passes or fails ``read_payload``'s checks the same way."""
+    if (member.method, member.crc, member.size, member.compressed_size) != (
+        other.method, other.crc, other.size, other.compressed_size
+    ):
+        return False
+    start, other_start = member.data_start, other.data_start
+    return bool(
+        member.local[start : start + member.compressed_size]
+        == other.local[other_start : other_start + other.compressed_size]
+    )
+
+
+class _LastVerified:
+    """The members (and payloads) of the wheel this process verified last.
+
+    Consecutive releases of pip or setuptools store most of their files with
+    the same compressed bytes: a run over many wheels inflates those once.
+    Kept only while ``reusing_payloads`` is on (one wheel's payloads at most).
+    """
+
+    def __init__(self) -> None:
+        self.members: dict[str, tuple[zipraw.RawMember, bytes]] = {}
+
+    def remember(self, archive: zipraw.RawArchive, contents: Mapping[str, bytes]) -> None:
+        self.members = {
+            m.name: (m, contents[m.name]) for m in archive.members if m.name in contents
+        }
+
+
+_last_verified: _LastVerified | None = None
+
+
+@contextlib.contextmanager
+def reusing_payloads() -> Iterator[None]:
+    """Within this block, a member stored exactly as in the wheel verified just
+    before is not inflated again (a run over many wheels)."""
+    global _last_verified
+    outer = _last_verified
+    start_reusing_payloads()
+    try:
+        yield
+    finally:
+        _last_verified = outer
+
+
+def start_reusing_payloads() -> None:
+    """``reusing_payloads`` for the rest of this process (a worker's whole life)."""
+    global _last_verified
+    if _last_verified is None:
+        _last_verified = _LastVerified()
 
 
 def _check_record(
@@ -295,6 +355,8 @@ def verify(path: Path, data: bytes | None = None, *, use_seals: bool = False) ->
         dist_info = _dist_info(path, archive, str(name), str(version))
         contents = _read_contents(path, data, archive)
         entries = _check_record(path, dist_info, contents)
+        if _last_verified is not None:
+            _last_verified.remember(archive, contents)
         if use_seals:
             seals.seal(sha256, path.name)
     return VerifiedWheel(

@@ -201,11 +201,16 @@ class Benchmark:
         self.env = base_environment(work)
         self.pipfix_env = dict(self.env, PYTHONPATH=str(SRC))
         self.notes: list[str] = []
-        # The floor of any run that patches a module: a process that imports libcst.
+        # The floor of any run that patches a module: a process that imports libcst,
+        # and one that imports what pipfix builds on (RECORD rows: installer; wheel
+        # file names: packaging).
         self.references = [
             Command("interpreter start (python -c pass)", [self.python, "-c", "pass"],
                     self.pipfix_env),
             Command("interpreter start + import libcst", [self.python, "-c", "import libcst"],
+                    self.pipfix_env),
+            Command("interpreter start + import libcst, installer, packaging.utils",
+                    [self.python, "-c", "import libcst, installer, packaging.utils"],
                     self.pipfix_env),
         ]
         self.cases: list[Case] = []
@@ -582,14 +587,19 @@ class Benchmark:
         """The floor of the one-wheel case, as a share of its alternatives."""
         if not all(command.walls for command in self.references):
             return []
-        start, libcst = self.references
-        shares = "; ".join(
-            f"{libcst.wall / alt.wall:.2f}{TIMES} {alt.label.split(':')[0]}"
-            for _, alt in self.cases[0].alternatives
-        )
+        start, *floors = self.references
+
+        def shares(floor: Command) -> str:
+            of = "; ".join(
+                f"{floor.wall / alt.wall:.2f}{TIMES} {alt.label.split(':')[0]}"
+                for _, alt in self.cases[0].alternatives
+            )
+            return f" ({of})" if of else ""
+
         return [
-            f"Reference, same repetitions: {start.label} {start.wall:.3f} s; {libcst.label} "
-            f"{libcst.wall:.3f} s" + (f" ({shares})." if shares else "."),
+            f"Reference, same repetitions: {start.label} {start.wall:.3f} s; "
+            + "; ".join(f"{f.label} {f.wall:.3f} s{shares(f)}" for f in floors)
+            + ".",
         ]
 
     def results(self) -> dict[str, Any]:

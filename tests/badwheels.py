@@ -362,6 +362,12 @@ def cases() -> Iterator[Case]:
         f"{INIT} does not match its RECORD hash or size",
     )
     yield Case(
+        "record-row-does-not-match-member",  # the member as shipped, its row edited
+        BASE,
+        _rebuilt(record=_replace_row(INIT, record_row(INIT, b"__version__ = 'evil'\n"))),
+        f"{INIT} does not match its RECORD hash or size",
+    )
+    yield Case(
         "member-missing-from-record",
         BASE,
         _rebuilt(add=(_new("pip/extra.py", b"x = 1\n"),)),

@@ -1,6 +1,7 @@
 """In a run over many wheels, a member stored exactly as in the wheel verified just
-before is not inflated again (``wheelfile.reusing_payloads``): the verified
-contents are the same, and no defect of the hostile corpus gets through."""
+before is not inflated again, nor hashed again under an equal RECORD row
+(``wheelfile.reusing_payloads``): the verified contents are the same, and no
+defect of the hostile corpus gets through."""
 
 from __future__ import annotations
 

@@ -251,17 +251,30 @@ class _LastVerified:
     """The members (and payloads) of the wheel this process verified last.
 
     Consecutive releases of pip or setuptools store most of their files with
-    the same compressed bytes: a run over many wheels inflates those once.
-    Kept only while ``reusing_payloads`` is on (one wheel's payloads at most).
+    the same compressed bytes under the same RECORD row: a run over many wheels
+    inflates and hashes those once. Kept only while ``reusing_payloads`` is on
+    (one wheel's payloads at most).
     """
 
     def __init__(self) -> None:
         self.members: dict[str, tuple[zipraw.RawMember, bytes]] = {}
+        self.records: Mapping[str, record.RecordEntry] = {}
 
-    def remember(self, archive: zipraw.RawArchive, contents: Mapping[str, bytes]) -> None:
+    def remember(
+        self,
+        archive: zipraw.RawArchive,
+        contents: Mapping[str, bytes],
+        records: Mapping[str, record.RecordEntry],
+    ) -> None:
         self.members = {
             m.name: (m, contents[m.name]) for m in archive.members if m.name in contents
         }
+        self.records = records
+
+    def matched(self, name: str, payload: bytes, entry: record.RecordEntry) -> bool:
+        """This very payload (reused, not inflated again) matched an equal RECORD row."""
+        earlier = self.members.get(name)
+        return earlier is not None and earlier[1] is payload and self.records.get(name) == entry
 
 
 _last_verified: _LastVerified | None = None
@@ -308,6 +321,8 @@ def _check_record(
             raise VerificationError(path, f"{name} is not listed in RECORD")
         if entry.hash_ is None or entry.size is None:
             raise VerificationError(path, f"RECORD has no hash or size for {name}")
+        if _last_verified is not None and _last_verified.matched(name, payload, entry):
+            continue
         if not record.matches(entry, payload):
             raise VerificationError(path, f"{name} does not match its RECORD hash or size")
     for name in entries:
@@ -356,7 +371,7 @@ def verify(path: Path, data: bytes | None = None, *, use_seals: bool = False) ->
         contents = _read_contents(path, data, archive)
         entries = _check_record(path, dist_info, contents)
         if _last_verified is not None:
-            _last_verified.remember(archive, contents)
+            _last_verified.remember(archive, contents, entries)
         if use_seals:
             seals.seal(sha256, path.name)
     return VerifiedWheel(

@@ -130,6 +130,7 @@ def read_archive(data: bytes) -> RawArchive:
         raise RawZipError("central directory does not end where its end record starts")
     comment = data[eocd_at + _EOCD.size : eocd_at + _EOCD.size + comment_len]
     members = []
+    spans = []
     pos = cd_offset
     for _ in range(n_total):
         fixed = data[pos : pos + _CENTRAL.size]
@@ -144,6 +145,8 @@ def read_archive(data: bytes) -> RawArchive:
             raise RawZipError("central directory entry past its end")
         flags = fields[3]
         name = _decode_name(name_bytes, flags)
+        local = _local_span(data, fields[16], fields, name_bytes)
+        spans.append((fields[16], fields[16] + len(local), name))
         members.append(
             RawMember(
                 name=name,
@@ -161,20 +164,20 @@ def read_archive(data: bytes) -> RawArchive:
                 extra=extra,
                 comment=data[end - comment_len2 : end],
                 central=data[pos:end],
-                local=_local_span(data, fields[16], fields, name_bytes),
+                local=local,
             )
         )
         pos = end
     if pos != cd_offset + cd_size:
         raise RawZipError("central directory holds more than its entries")
-    _check_layout(members, cd_offset)
+    _check_layout(spans, cd_offset)
     return RawArchive(tuple(members), comment)
 
 
-def _check_layout(members: list[RawMember], cd_offset: int) -> None:
-    """Member records must not overlap (one record read as several members is the
-    trick of overlapping zip bombs) nor run into the central directory."""
-    spans = sorted((m.offset, m.offset + len(m.local), m.name) for m in members)
+def _check_layout(spans: list[tuple[int, int, str]], cd_offset: int) -> None:
+    """Member records (start, end, name) must not overlap (one record read as several
+    members is the trick of overlapping zip bombs) nor run into the central directory."""
+    spans = sorted(spans)
     for (_start, end, name), (next_start, _end, next_name) in zip(spans, spans[1:]):
         if end > next_start:
             raise RawZipError(f"members {name!r} and {next_name!r} overlap")
@@ -282,19 +285,22 @@ def write_archive(members: list[RawMember], comment: bytes = b"") -> bytes:
     """Lay out ``members`` in order, then the central directory."""
     if len(members) >= 0xFFFF:
         raise RawZipError("too many members for a plain zip file")
-    body = bytearray()
+    parts: list[bytes] = []
     offsets = []
+    size = 0
     for member in members:
-        offsets.append(len(body))
-        body += member.local
-    cd_offset = len(body)
+        offsets.append(size)
+        parts.append(member.local)
+        size += len(member.local)
+    cd_offset = size
     for member, offset in zip(members, offsets):
-        body += _central_entry(member, offset)
-    cd_size = len(body) - cd_offset
-    if len(body) >= 0xFFFFFFFF:
+        parts.append(_central_entry(member, offset))
+        size += len(parts[-1])
+    cd_size = size - cd_offset
+    if size >= 0xFFFFFFFF:
         raise RawZipError("archive too large for a plain zip file")
-    body += _EOCD.pack(
-        _EOCD_SIG, 0, 0, len(members), len(members), cd_size, cd_offset, len(comment)
+    parts.append(
+        _EOCD.pack(_EOCD_SIG, 0, 0, len(members), len(members), cd_size, cd_offset, len(comment))
     )
-    body += comment
-    return bytes(body)
+    parts.append(comment)
+    return b"".join(parts)

@@ -29,7 +29,7 @@ on every platform, pypa/setuptools#2234):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import libcst as cst
 from libcst.metadata import (
@@ -199,11 +199,18 @@ def _with_check(body: cst.BaseSuite, name: str) -> cst.BaseSuite:
     return body.with_changes(body=statements)
 
 
+def _on_the_way_to(module: cst.Module, functions: Iterable[cst.FunctionDef]) -> set[cst.CSTNode]:
+    """The ancestors of ``functions``, which scope analysis found (not a walk down)."""
+    wanted = set(functions)
+    if not wanted:
+        return set()
+    found = find(module, (cst.FunctionDef,), prune=(cst.BaseSmallStatement, cst.BaseExpression))
+    return {ancestor for node, ancestors in found if node in wanted for ancestor in ancestors}
+
+
 class _Apply(PathTransformer):
-    def __init__(self, plan: _Plan) -> None:
-        # The functions to give a None check were found by scope analysis, not
-        # by walking down: for them, visit everything (small, old modules only).
-        super().__init__(None if plan.function_checks else plan.within)
+    def __init__(self, plan: _Plan, module: cst.Module) -> None:
+        super().__init__(plan.within | _on_the_way_to(module, plan.function_checks))
         self.plan = plan
 
     def _guarded(self, original: Statement, line: cst.SimpleStatementLine) -> cst.Try | None:
@@ -283,7 +290,7 @@ def _run_glibc(module: cst.Module) -> Outcome:
             _module_level(site, node, plan, problems)
     if plan.none_on_failure and not problems:
         problems.extend(_readers(_global_scope(module), plan))
-    return outcome(module, _Apply(plan) if plan else None, problems)
+    return outcome(module, _Apply(plan, module) if plan else None, problems)
 
 
 def _is_plain_module_level_import(
@@ -342,4 +349,4 @@ def _run_anywhere(module: cst.Module) -> Outcome:
         return unchanged
     if any(_returns_value(function) for function in plan.function_checks):
         return unchanged
-    return outcome(module, _Apply(plan), ())
+    return outcome(module, _Apply(plan, module), ())

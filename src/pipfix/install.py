@@ -218,6 +218,16 @@ def _cache_files_of(source: Path) -> list[Path]:
     return sorted(cache.glob(f"{source.stem}.*.pyc"))
 
 
+def _kept_rows(site_dir: Path, kept: Mapping[Path, RecordEntry]) -> list[str]:
+    """RECORD rows for the bytecode caches a reinstall leaves in place: untouched
+    files keep their installed rows (with or without a hash, as pip wrote them)."""
+    rows = []
+    for final, entry in kept.items():
+        relative = os.path.relpath(final, site_dir).replace(os.sep, "/")
+        rows.append(",".join(RecordEntry(relative, entry.hash_, entry.size).to_row()) + "\n")
+    return rows
+
+
 def _record_rows(site_dir: Path, files: Iterable[tuple[Path, Path]]) -> list[str]:
     """RECORD rows for bytecode caches: ``files`` holds (final path, path to read
     the bytes from) pairs; RECORD paths are relative to the final ``site_dir``."""
@@ -308,19 +318,18 @@ def _stage(
     ]
     stale_caches = [c for _, final in changed_sources for c in _cache_files_of(final)]
     changed_finals = {final for _, final in changed_sources}
-    kept_caches = []
+    kept_caches: dict[Path, RecordEntry] = {}
     if dist is not None:
-        for record_path in dist.records:
+        for record_path, row in dist.records.items():
             absolute = dist.absolute(record_path)
             if is_bytecode(record_path) and absolute.is_file() and absolute not in stale_caches:
                 source_py = absolute.parent.parent / (absolute.name.split(".", 1)[0] + ".py")
                 if source_py not in changed_finals:
-                    kept_caches.append(absolute)
+                    kept_caches[absolute] = row
     compiling = None if target is None else target.start_compiling(changed_sources)
     record_files = [p for p in staged if p.name == "RECORD" and p.parent.suffix == ".dist-info"]
     sites = {f: _final_path(stage_root, f.parent.parent) for f in record_files}
-    # Hashed while the target compiles: the caches that stay valid.
-    rows = {f: _record_rows(sites[f], [(c, c) for c in kept_caches]) for f in record_files}
+    rows = {f: _kept_rows(sites[f], kept_caches) for f in record_files}
     if compiling is not None and compiling():
         compiled = [c for s, _ in changed_sources for c in _cache_files_of(s)]
         bytecode = "changed modules compiled with the target"
@@ -421,20 +430,27 @@ def _patched_wheel_for(
     return "its installed files", filename, None, plan.state.value
 
 
-def preflight(installation: Installation) -> None:
-    """Refuse before anything is written if an installed pip/setuptools does not verify.
+Found = Mapping[Path, list[InstalledDistribution]]
+
+
+def preflight(installation: Installation) -> Found:
+    """Refuse before anything is written if an installed pip/setuptools does not verify;
+    the distributions found, by site directory (for ``reinstall`` under the same lock).
 
     Called under the target's lock, after an interrupted swap was completed (a
     journal still present means another run is mid-swap: its files are half old,
     half new until that run finishes, so they are not judged).
     """
+    found: dict[Path, list[InstalledDistribution]] = {}
     if (installation.state_dir / swap.JOURNAL).exists():
-        return
+        return found
     for computed in schemes.computed_schemes(installation):
         for site in computed.site_dirs:
-            for dist in find_installed(site):
+            found[site] = find_installed(site)
+            for dist in found[site]:
                 if dist.provenance is None:
                     verify_installed(dist, only=patch_candidate)
+    return found
 
 
 Asked = Mapping[schemes.InstallScheme, schemes.TargetSession]
@@ -462,16 +478,22 @@ def reinstall(
     bundled: Mapping[str, list[tuple[str, bytes]]],
     options: InstallOptions,
     asked: Asked | None = None,
+    found: Found | None = None,
 ) -> list[InstallReport]:
     """Patch every installed pip/setuptools of ``installation`` (and --ensurepip);
-    ``asked``: sessions ``start_asking_for_schemes`` started (the caller ends them)."""
+    ``asked``: sessions ``start_asking_for_schemes`` started (the caller ends them);
+    ``found``: what ``preflight`` found under the lock this run still holds."""
     reports: list[InstallReport] = []
     if not options.dry_run and installation.state_dir.is_dir():
         swap.complete(installation.state_dir)
     for computed in schemes.computed_schemes(installation):
         confirmed = _LazyScheme(computed, (asked or {}).get(computed))
         try:
-            dists = [d for site in computed.site_dirs for d in find_installed(site)]
+            dists = [
+                d
+                for site in computed.site_dirs
+                for d in (found[site] if found and site in found else find_installed(site))
+            ]
             for dist in dists:
                 reports.append(_reinstall_one(installation, confirmed, dist, patched, options))
             if options.ensurepip and not any(canonicalize_name(d.name) == "pip" for d in dists):

@@ -229,12 +229,13 @@ def apply(
             if plan.state is WheelState.NEEDS_PATCH
         ]
         locks = [*(i.state_dir for i in installations), *wheel_locks]
+        found: dict[Path, install.Found] = {}
         with _locked(locks), _undo_on_failure() as undo:
             for installation in installations:
                 if installation.state_dir.is_dir():
                     swap.complete(installation.state_dir)
                 if reinstall:  # under the lock, before the first write, once per run
-                    install.preflight(installation)
+                    found[installation.prefix] = install.preflight(installation)
             plans = [
                 _still_valid(planned.get(path), path, use_cache)
                 for path in _wheel_paths(installations)
@@ -254,7 +255,12 @@ def apply(
                 for installation in installations:
                     undo.append(_undo_new_installs(installation))
                     installs += install.reinstall(
-                        installation, patched, bundled, options, asked.get(installation.prefix)
+                        installation,
+                        patched,
+                        bundled,
+                        options,
+                        asked.get(installation.prefix),
+                        found.get(installation.prefix),
                     )
     finally:
         for started in asked.values():

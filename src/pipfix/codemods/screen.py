@@ -105,6 +105,27 @@ def _compiles(tree: ast.Module) -> bool:
 # --- shared -------------------------------------------------------------------
 
 
+def _children(node: ast.AST) -> list[ast.AST]:
+    """``ast.iter_child_nodes(node)`` as a list, without its generators: the screen
+    walks whole modules, and this is most of its time after parsing."""
+    children: list[ast.AST] = []
+    for field in node._fields:
+        value = getattr(node, field, None)
+        if isinstance(value, list):
+            children.extend([item for item in value if isinstance(item, ast.AST)])
+        elif isinstance(value, ast.AST):
+            children.append(value)
+    return children
+
+
+def _walk(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` (``ast.walk``, in another order)."""
+    nodes = [tree]
+    for node in nodes:  # grows while it is read
+        nodes.extend(_children(node))
+    return nodes
+
+
 def _dotted(node: ast.expr) -> str | None:
     if isinstance(node, ast.Name):
         return node.id
@@ -155,7 +176,8 @@ def _dlopen_self_in_scope(tree: ast.Module) -> bool:
     already inside a ``try`` of its own function that catches OSError."""
     aliases: dict[str, set[str]] = {}
     calls: list[tuple[str, ast.Call]] = []
-    for node in ast.walk(tree):
+    nodes = _walk(tree)
+    for node in nodes:
         if isinstance(node, ast.Call):
             name = _dotted(node.func)
             if name is not None and _passes_none(node):
@@ -177,7 +199,7 @@ def _dlopen_self_in_scope(tree: ast.Module) -> bool:
     if not loader_calls:
         return False
     parents = {
-        child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)
+        child: parent for parent in nodes for child in _children(parent)
     }
     return not all(_protected(_path_to(call, parents)) for call in loader_calls)
 
@@ -285,7 +307,7 @@ def _imports(
     node: ast.AST, in_function: bool = False, in_try: bool = False
 ) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool, bool]]:
     """Every import with: inside a ``def``? inside any part of a ``try``?"""
-    for child in ast.iter_child_nodes(node):
+    for child in _children(node):
         if isinstance(child, (ast.Import, ast.ImportFrom)):
             yield child, in_function, in_try
         elif isinstance(child, (ast.stmt, ast.excepthandler)) or _is_match_case(child):
@@ -367,11 +389,11 @@ def _reads_by_scope(
                 outer: list[ast.AST] = [node.args]
             else:
                 inner = list(node.body)
-                outer = [c for c in ast.iter_child_nodes(node) if not _in_list(c, inner)]
+                outer = [c for c in _children(node) if not _in_list(c, inner)]
             stack.extend((child, scope) for child in outer)
             stack.extend((child, node) for child in inner)
             continue
-        stack.extend((child, scope) for child in ast.iter_child_nodes(node))
+        stack.extend((child, scope) for child in _children(node))
     return reads
 
 
@@ -386,5 +408,5 @@ def _returns_value(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
             return True
         if isinstance(node, ast.Return) and node.value is not None and not _is_none(node.value):
             return True
-        stack.extend(ast.iter_child_nodes(node))
+        stack.extend(_children(node))
     return False

@@ -161,6 +161,7 @@ class _StagingDestination(SchemeDictionaryDestination):
             destdir=str(stage_root),
         )
         self._script_bytes = script_bytes
+        self._roots: dict[Scheme, str] = {}
         self.unchanged: set[Path] = set()
 
     def write_to_fs(  # type: ignore[override,unused-ignore]
@@ -179,10 +180,12 @@ class _StagingDestination(SchemeDictionaryDestination):
         """The final path, if it is a regular file holding ``data`` (and the mode it needs)."""
         if path.endswith(".dist-info/RECORD"):
             return None  # always rewritten: it gains the rows of the bytecode caches
-        root = os.path.abspath(self.scheme_dict[scheme])
+        root = self._roots.get(scheme)
+        if root is None:
+            root = self._roots[scheme] = os.path.abspath(self.scheme_dict[scheme])
         final = os.path.abspath(os.path.join(root, path))
-        if os.path.commonpath([root, final]) != root:
-            return None  # installer refuses it
+        if not final.startswith(os.path.join(root, "")):
+            return None  # outside its scheme directory: installer refuses it
         try:
             info = os.lstat(final)
             if not stat.S_ISREG(info.st_mode) or info.st_size != len(data):

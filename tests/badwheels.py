@@ -20,7 +20,6 @@ untouched members keep their exact bytes, so each case has exactly one defect.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import functools
 import hashlib
 import json
@@ -219,7 +218,7 @@ def _with_fields(name: str, **fields: int) -> zipraw.RawMember:
         local_at, central_at = offsets[field]
         struct.pack_into(formats[field], local, local_at, value)
         struct.pack_into(formats[field], central, central_at, value)
-    return dataclasses.replace(member, local=bytes(local), central=bytes(central), **fields)
+    return member._replace(local=bytes(local), central=bytes(central), **fields)
 
 
 def bomb_wheel(size: int) -> tuple[bytes, str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 _EOCD = struct.Struct("<4s4H2LH")
 _EOCD_SIG = b"PK\x05\x06"
@@ -40,9 +41,12 @@ class RawZipError(ValueError):
     """The archive's records are not laid out as a plain zip file."""
 
 
-@dataclass(frozen=True)
-class RawMember:
-    """One member as it stands in the archive, with its raw record spans."""
+class RawMember(NamedTuple):
+    """One member as it stands in the archive, with its raw record spans.
+
+    A named tuple: a wheel has hundreds of members, read twice per run (input
+    and output), and a tuple is made three times faster than a frozen dataclass.
+    """
 
     name: str
     flags: int

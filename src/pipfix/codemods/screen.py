@@ -340,10 +340,22 @@ def _global_names(node: ast.AST) -> Iterator[ast.Name]:
                 yield from _global_names(child)
 
 
+# Node types with none of these fields bind no name (most expressions): decided
+# once per type, not by four isinstance checks and two getattr calls per node.
+_BINDING_FIELDS = frozenset({"name", "names", "rest", "arg"})
+_MAY_BIND: dict[type, bool] = {}
+
+
 def _binds_the_name(node: ast.AST) -> bool:
     """``node`` binds ``ctypes`` (or declares it global/nonlocal, or may bind it)."""
     if isinstance(node, ast.Name):
         return node.id == _NAME and not isinstance(node.ctx, ast.Load)
+    kind = type(node)
+    may_bind = _MAY_BIND.get(kind)
+    if may_bind is None:
+        may_bind = _MAY_BIND[kind] = not _BINDING_FIELDS.isdisjoint(kind._fields)
+    if not may_bind:
+        return False
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         return any(local in (_NAME, "*") for local, _ in _bindings(node)) or any(
             (alias.asname or alias.name).partition(".")[0] == _NAME for alias in node.names

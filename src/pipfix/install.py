@@ -433,6 +433,7 @@ def _patched_wheel_for(
     return "its installed files", filename, None, plan.state.value
 
 
+# The pip/setuptools distributions preflight() found, by site directory.
 Found = Mapping[Path, list[InstalledDistribution]]
 
 
@@ -471,6 +472,7 @@ def start_asking_for_schemes(installation: Installation) -> Asked:
 
 
 def stop_asking(asked: Asked) -> None:
+    """End the target's runs ``start_asking_for_schemes`` started (once the run is over)."""
     for session in asked.values():
         session.close()
 

@@ -153,6 +153,7 @@ class TargetSession:
         self._computed = scheme
         self._timeout = timeout
         self._pending = b""
+        self._unread: Callable[[], bool] | None = None  # the job whose answer is not read
         self._scheme: InstallScheme | None = None
         self._process: subprocess.Popen[bytes] | None = None
         if not scheme.interpreter.exists():
@@ -186,6 +187,8 @@ class TargetSession:
             return lambda: True
         if not self.runs:
             return lambda: False
+        if self._unread is not None:
+            self._unread()  # an earlier job's answer comes first on the pipe
         job = [[str(source), str(final.parent)] for source, final in sources]
         process = self._process
         try:
@@ -195,7 +198,16 @@ class TargetSession:
         except OSError:  # it died
             self.close()
             return lambda: False
-        return lambda: self._read_line() == "compiled"
+        answer: list[bool] = []
+
+        def compiled() -> bool:
+            if not answer:
+                answer.append(self._read_line() == "compiled")
+                self._unread = None
+            return answer[0]
+
+        self._unread = compiled
+        return compiled
 
     def close(self) -> None:
         """End the run (it only waits for input between questions)."""

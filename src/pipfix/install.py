@@ -18,7 +18,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -221,23 +221,13 @@ def _cache_files_of(source: Path) -> list[Path]:
     return sorted(cache.glob(f"{source.stem}.*.pyc"))
 
 
-def _kept_rows(site_dir: Path, kept: Mapping[Path, RecordEntry]) -> list[str]:
-    """RECORD rows for the bytecode caches a reinstall leaves in place: untouched
-    files keep their installed rows (with or without a hash, as pip wrote them)."""
+def _record_rows(site_dir: Path, caches: Mapping[Path, RecordEntry]) -> list[str]:
+    """RECORD rows for bytecode caches, by final path (relative to the final
+    ``site_dir`` in the row; the entries' own paths are not used)."""
     rows = []
-    for final, entry in kept.items():
+    for final, entry in caches.items():
         relative = os.path.relpath(final, site_dir).replace(os.sep, "/")
         rows.append(",".join(RecordEntry(relative, entry.hash_, entry.size).to_row()) + "\n")
-    return rows
-
-
-def _record_rows(site_dir: Path, files: Iterable[tuple[Path, Path]]) -> list[str]:
-    """RECORD rows for bytecode caches: ``files`` holds (final path, path to read
-    the bytes from) pairs; RECORD paths are relative to the final ``site_dir``."""
-    rows = []
-    for final, readable in files:
-        relative = os.path.relpath(final, site_dir).replace(os.sep, "/")
-        rows.append(",".join(record.entry_for(relative, readable.read_bytes()).to_row()) + "\n")
     return rows
 
 
@@ -330,9 +320,6 @@ def _stage(
                 if source_py not in changed_finals:
                     kept_caches[absolute] = row
     compiling = None if target is None else target.start_compiling(changed_sources)
-    record_files = [p for p in staged if p.name == "RECORD" and p.parent.suffix == ".dist-info"]
-    sites = {f: _final_path(stage_root, f.parent.parent) for f in record_files}
-    rows = {f: _kept_rows(sites[f], kept_caches) for f in record_files}
     if compiling is not None and compiling():
         compiled = [c for s, _ in changed_sources for c in _cache_files_of(s)]
         bytecode = "changed modules compiled with the target"
@@ -343,10 +330,16 @@ def _stage(
             if compiling is None
             else "none for changed modules: the target failed to compile them"
         )
-    fresh = [(_final_path(stage_root, c), c) for c in compiled]
-    for record_file in record_files:
-        rows[record_file] += _record_rows(sites[record_file], fresh)
-        _rewrite_staged_record(record_file, rows[record_file])
+    # Untouched caches keep their installed rows (with or without a hash, as pip
+    # wrote them); the target's fresh ones are hashed.
+    caches = dict(kept_caches)
+    for cache in compiled:
+        caches[_final_path(stage_root, cache)] = record.entry_for("", cache.read_bytes())
+    for record_file in (
+        p for p in staged if p.name == "RECORD" and p.parent.suffix == ".dist-info"
+    ):
+        final_site = _final_path(stage_root, record_file.parent.parent)
+        _rewrite_staged_record(record_file, _record_rows(final_site, caches))
     staged = _staged_files(stage_root)
 
     operations: list[swap.Operation] = []

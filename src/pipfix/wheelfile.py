@@ -240,11 +240,7 @@ def _same_stored_data(member: zipraw.RawMember, other: zipraw.RawMember) -> bool
         other.method, other.crc, other.size, other.compressed_size
     ):
         return False
-    start, other_start = member.data_start, other.data_start
-    return bool(
-        member.local[start : start + member.compressed_size]
-        == other.local[other_start : other_start + other.compressed_size]
-    )
+    return member.stored_data == other.stored_data
 
 
 class _LastVerified:

@@ -80,6 +80,12 @@ class RawMember(NamedTuple):
         name_len, extra_len = struct.unpack_from("<2H", self.local, 26)
         return int(_LOCAL.size + name_len + extra_len)
 
+    @property
+    def stored_data(self) -> bytes:
+        """The member's data as stored (compressed or not), without headers."""
+        start = self.data_start
+        return self.local[start : start + self.compressed_size]
+
 
 @dataclass(frozen=True)
 class RawArchive:
@@ -195,8 +201,7 @@ def read_payload(member: RawMember) -> bytes:
     Decompression stops one byte past the declared size, so memory and time are
     bounded by what the central directory declares, whatever the data says.
     """
-    start = member.data_start
-    raw = member.local[start : start + member.compressed_size]
+    raw = member.stored_data
     if len(raw) != member.compressed_size:
         raise RawZipError("has less data than its compressed size")
     if member.method == STORED:

@@ -36,9 +36,12 @@ def test_quick_benchmark_prints_the_ratio_table(tmp_path: Path) -> None:
     assert any(row.startswith("| one wheel") for row in rows), result.stdout
     assert any(" pinned pip/setuptools wheels, one pipfix call" in row for row in rows)
     assert all(row.count("|") == 8 for row in rows)
-    assert "Peak RSS, patch-wheel of" in result.stdout
+    assert "Peak memory, patch-wheel of" in result.stdout
 
     results = json.loads(raw.read_text())
+    assert results["peak_rss_mib"] > 0
+    if sys.platform.startswith("linux"):  # the process tree is sampled from /proc
+        assert results["peak_pss_tree_mib"] > 0 and results["peak_pss_tree_all_mib"] > 0
     ids = [case["id"] for case in results["cases"]]
     assert ids[0] == "one" and "all" in ids
     for case in results["cases"]:

@@ -133,6 +133,15 @@ def _check_output(wheel: wheelfile.VerifiedWheel, data: bytes, changes: _Changes
     return CachedPatch(data, tuple((p, c, changed[p]) for p, c in changes))
 
 
+def may_hold(filename: str, sha256: str, root: Path | None = None) -> bool:
+    """Whether an entry for this input exists (``load`` still checks it): a look
+    that costs one ``stat``, before the input is even verified."""
+    root = root if root is not None else cache_root()
+    if root is None:
+        return False
+    return _entry_paths(root, filename, sha256)[1].exists()
+
+
 def load(wheel: wheelfile.VerifiedWheel, root: Path | None = None) -> CachedPatch | None:
     """The verified patched output of ``wheel``, or None (miss, or a corrupt entry)."""
     root = root if root is not None else cache_root()

@@ -13,7 +13,9 @@ are the same either way: a plan depends only on its input.
 Serial instead when forking is not safe or not worth it: fewer than
 ``MIN_WHEELS`` wheels (unless ``jobs`` asks for workers), one CPU, a
 platform other than Linux, or other threads alive in this process (a fork
-copies their locks, held or not).
+copies their locks, held or not).  A serial run still leaves libcst to one
+forked helper where it may (``transform_helper``): it verifies and screens
+each wheel, and the next one, while the helper imports libcst and transforms.
 """
 
 from __future__ import annotations
@@ -23,12 +25,17 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from . import patcher, wheelfile
 from .shared_results import SharedResults
+
+# A serial run verifies and screens this many wheels ahead of the one whose
+# plan it finishes: their modules go to the transform helper meanwhile.
+LOOKAHEAD = 1
 
 # Below this many wheels one process is as fast (each worker pays its own
 # libcst import, and one process shares identical modules between wheels).
@@ -65,11 +72,14 @@ def plan_all(
     workers = min(wanted, len(paths))
     plans: list[patcher.WheelPlan] = []
     if workers < 2 or not _fork_is_safe():
-        with wheelfile.reusing_payloads():
-            for index, path in enumerate(paths):
-                plans.append(patcher.plan(path, use_cache=use_cache))
-                if on_plan is not None:
-                    on_plan(index, plans[-1])
+        with wheelfile.reusing_payloads(), patcher.transforms_in_a_helper():
+            started: deque[patcher.PlanInProgress] = deque()
+            for path in paths:
+                started.append(patcher.start_plan(path, use_cache=use_cache))
+                if len(started) > LOOKAHEAD:
+                    _finish_next(started, plans, on_plan)
+            while started:
+                _finish_next(started, plans, on_plan)
         return plans
     import multiprocessing  # with concurrent.futures: 10-20 ms, for runs that fork only
     from concurrent.futures import ProcessPoolExecutor
@@ -93,6 +103,14 @@ def plan_all(
     finally:
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
+
+
+def _finish_next(
+    started: deque[patcher.PlanInProgress], plans: list[patcher.WheelPlan], on_plan: OnPlan | None
+) -> None:
+    plans.append(started.popleft()())
+    if on_plan is not None:
+        on_plan(len(plans) - 1, plans[-1])
 
 
 def _shared_directory() -> Path | None:

@@ -3,7 +3,10 @@
 The plan is computed fully in memory from a verified wheel, so a command can
 decide everything (and refuse bad input) before it writes a single byte.
 libcst is imported only when the byte pre-filter and the ``ast`` screen find a
-member that could need a change.  Work is shared within a process (a source
+member that could need a change; in a serial run over wheels, by a forked helper
+that starts when the pre-filter first lets a module through, while this
+process goes on verifying and screening (``start_plan``,
+``transforms_in_a_helper``).  Work is shared within a process (a source
 file met in several wheels is transformed once, by whichever worker of a
 parallel run needs it first) and, with ``use_cache``, between runs (``cache``:
 patched outputs by input sha256).
@@ -11,12 +14,15 @@ patched outputs by input sha256).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import cache, provenance, record, wheelfile, zipraw
 from ._version import __version__
@@ -24,6 +30,9 @@ from .codemods import could_need_change
 from .codemods.model import SourceResult, Unpatchable
 from .errors import VerificationError
 from .shared_results import SharedResults
+
+if TYPE_CHECKING:
+    from .transform_helper import TransformHelper
 
 
 class WheelState(str, Enum):
@@ -152,30 +161,90 @@ class WheelPlan:
         return "".join(chunks)
 
 
+PlanInProgress = Callable[[], WheelPlan]
+"""A wheel verified and screened, whose plan is finished by calling it."""
+
+
 class _TransformCache:
     """Same source bytes, same result: shared between wheels in one process and,
-    in a parallel run, between its workers (``share``)."""
+    in a parallel run, between its workers (``share``).
+
+    While ``helping``, ``prepare`` screens a module here (no libcst) and sends
+    those the codemods apply to to a forked ``TransformHelper``, started when
+    the byte pre-filter first lets a module through; ``transform`` collects.
+    """
 
     def __init__(self) -> None:
         self._results: dict[bytes, SourceResult] = {}
         self._shared: SharedResults | None = None
+        self._helping = False
+        self._helper_started = False
+        self._helper: TransformHelper | None = None
+        # Screened by ``prepare``: the codemods in scope, result still to come.
+        self._in_scope: dict[bytes, frozenset[str]] = {}
 
     def share(self, shared: SharedResults | None) -> None:
         """Take results other processes computed from ``shared``, and leave ours there."""
         self._shared = shared
 
+    @contextlib.contextmanager
+    def helping(self) -> Iterator[None]:
+        self._helping = True
+        try:
+            yield
+        finally:
+            self._helping = False
+            self._helper_started = False
+            if self._helper is not None:
+                self._helper.close()
+                self._helper = None
+
+    def start_helper(self) -> None:
+        if not self._helper_started:
+            from .transform_helper import TransformHelper
+
+            self._helper_started = True
+            self._helper = TransformHelper.start()
+
+    def watcher(self, use_cache: bool) -> wheelfile.InflationWatcher | None:
+        """What starts the helper while a wheel is verified, as soon as a module
+        the byte pre-filter lets through is inflated (None: not helping, or started)."""
+        if not self._helping or self._helper_started:
+            return None
+        return _HelperStarter(self, use_cache)
+
+    def prepare(self, path: str, source: bytes) -> None:
+        """While ``helping``: screen ``source`` and start its transform in the helper."""
+        if not self._helping:
+            return  # ``transform`` does it all
+        key = hashlib.sha256(source).digest()
+        if key in self._results or key in self._in_scope:
+            return
+        from .codemods.screen import codemods_in_scope
+
+        self.start_helper()  # the pre-filter let a module through: libcst is due
+        in_scope = codemods_in_scope(source)
+        if not in_scope:
+            self._results[key] = SourceResult(source, (), ())
+            return
+        self._in_scope[key] = in_scope
+        if self._helper is not None:
+            self._helper.submit(key, path, source, in_scope)
+
     def transform(self, path: str, source: bytes) -> SourceResult:
         key = hashlib.sha256(source).digest()
         cached = self._results.get(key)
         if cached is None:
-            from .codemods import transform_source
+            in_scope = self._in_scope.pop(key, None)
+            if in_scope is not None:
+                cached = self._helper.result(key) if self._helper is not None else None
+                if cached is None:
+                    from .codemods.engine import transform_source as transform_screened
 
-            def compute() -> SourceResult:
-                return transform_source(path, source)
-
-            shared = self._shared
-            result = compute() if shared is None else shared.get(key, compute)
-            cached = self._results[key] = result
+                    cached = transform_screened(path, source, in_scope)
+            else:
+                cached = self._computed(key, path, source)
+            self._results[key] = cached
         if cached.unpatchable and any(u.path != path for u in cached.unpatchable):
             cached = SourceResult(
                 cached.source,
@@ -184,6 +253,36 @@ class _TransformCache:
             )
         return cached
 
+    def _computed(self, key: bytes, path: str, source: bytes) -> SourceResult:
+        from .codemods import transform_source
+
+        def compute() -> SourceResult:
+            return transform_source(path, source)
+
+        shared = self._shared
+        return compute() if shared is None else shared.get(key, compute)
+
+
+class _HelperStarter:
+    """``_TransformCache.watcher``: watches only wheels whose plan will run the
+    codemods (not patched, no cache entry), and stops at the first candidate."""
+
+    def __init__(self, transforms: _TransformCache, use_cache: bool) -> None:
+        self._transforms = transforms
+        self._use_cache = use_cache
+
+    def wants(self, name: str, sha256: str, archive: zipraw.RawArchive) -> bool:
+        provenance_name = f".dist-info/{provenance.FILENAME}"
+        if any(m.name.endswith(provenance_name) for m in archive.members):
+            return False
+        return not (self._use_cache and cache.may_hold(name, sha256))
+
+    def saw(self, name: str, payload: bytes) -> bool:
+        if wheelfile.is_python_source(name) and could_need_change(payload):
+            self._transforms.start_helper()
+            return True
+        return False
+
 
 _CACHE = _TransformCache()
 
@@ -191,6 +290,13 @@ _CACHE = _TransformCache()
 def share_transforms(shared: SharedResults | None) -> None:
     """Transform results of this process go to and come from ``shared`` (a worker's setup)."""
     _CACHE.share(shared)
+
+
+def transforms_in_a_helper() -> contextlib.AbstractContextManager[None]:
+    """Within this block, plans started with ``start_plan`` have their modules
+    transformed by a forked helper process (``transform_helper``) while this
+    process goes on; the helper is stopped when the block ends."""
+    return _CACHE.helping()
 
 
 def _existing_provenance(wheel: wheelfile.VerifiedWheel) -> provenance.Provenance | None:
@@ -227,36 +333,60 @@ def plan_verified(wheel: wheelfile.VerifiedWheel, *, use_cache: bool = False) ->
     ``use_cache``: take a needed patch from the user's cache (verified before
     use) when there is one, and keep a freshly built output there.
     """
+    return _start_plan_verified(wheel, use_cache)()
+
+
+def _start_plan_verified(wheel: wheelfile.VerifiedWheel, use_cache: bool) -> PlanInProgress:
     existing = _existing_provenance(wheel)
     if existing is not None:
-        return WheelPlan(wheel, WheelState.PATCHED, existing=existing)
+        return _done(WheelPlan(wheel, WheelState.PATCHED, existing=existing))
     if use_cache:
         cached = _from_cache(wheel)
         if cached is not None:
-            return cached
-    changes: list[FileChange] = []
-    unpatchable: list[Unpatchable] = []
+            return _done(cached)
+    candidates: list[tuple[str, bytes]] = []
     for member in wheel.archive.members:
         source = wheel.contents.get(member.name)
         if source is None or not wheelfile.is_python_source(member.name):
             continue
-        if not could_need_change(source):
-            continue
-        result = _CACHE.transform(member.name, source)
-        unpatchable.extend(result.unpatchable)
-        if result.changed:
-            changes.append(FileChange(member.name, result.applied, source, result.source))
-    if unpatchable:
-        return WheelPlan(wheel, WheelState.UNPATCHABLE, tuple(changes), tuple(unpatchable))
-    if changes:
-        return WheelPlan(wheel, WheelState.NEEDS_PATCH, tuple(changes), use_cache=use_cache)
-    return WheelPlan(wheel, WheelState.SAFE)
+        if could_need_change(source):
+            candidates.append((member.name, source))
+            _CACHE.prepare(member.name, source)
+
+    def finish() -> WheelPlan:
+        changes: list[FileChange] = []
+        unpatchable: list[Unpatchable] = []
+        for name, source in candidates:
+            result = _CACHE.transform(name, source)
+            unpatchable.extend(result.unpatchable)
+            if result.changed:
+                changes.append(FileChange(name, result.applied, source, result.source))
+        if unpatchable:
+            return WheelPlan(wheel, WheelState.UNPATCHABLE, tuple(changes), tuple(unpatchable))
+        if changes:
+            return WheelPlan(wheel, WheelState.NEEDS_PATCH, tuple(changes), use_cache=use_cache)
+        return WheelPlan(wheel, WheelState.SAFE)
+
+    return finish
+
+
+def _done(plan: WheelPlan) -> PlanInProgress:
+    return lambda: plan
+
+
+def start_plan(path: Path, data: bytes | None = None, *, use_cache: bool = False) -> PlanInProgress:
+    """``plan``, in two steps: this verifies the wheel and screens its modules (and,
+    within ``transforms_in_a_helper``, starts their transforms); calling what it
+    returns finishes the plan."""
+    watcher = _CACHE.watcher(use_cache)
+    wheel = wheelfile.verify(path, data, use_seals=use_cache, watcher=watcher)
+    return _start_plan_verified(wheel, use_cache)
 
 
 def plan(path: Path, data: bytes | None = None, *, use_cache: bool = False) -> WheelPlan:
     """Verify the wheel at ``path`` and plan its patch (``use_cache``: see plan_verified;
     it also lets verification trust and leave ``seals``)."""
-    return plan_verified(wheelfile.verify(path, data, use_seals=use_cache), use_cache=use_cache)
+    return start_plan(path, data, use_cache=use_cache)()
 
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")

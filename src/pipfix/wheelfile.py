@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Protocol
 
 from packaging.utils import (
     InvalidWheelFilename,
@@ -71,6 +71,18 @@ class VerifiedWheel:
         return replace(
             self, archive=zipraw.RawArchive((), self.archive.comment), contents={}, records={}
         )
+
+
+class InflationWatcher(Protocol):
+    """A look at a wheel while it is verified, to start work early (the transform
+    helper), never to decide anything: nothing it sees is verified yet."""
+
+    def wants(self, name: str, sha256: str, archive: zipraw.RawArchive) -> bool:
+        """Whether to watch this wheel's members (``name``: its file name)."""
+
+    def saw(self, name: str, payload: bytes) -> bool:
+        """Called for each file member, in order, until it returns True (those
+        members are inflated one at a time, the rest as usual)."""
 
 
 _UNDECODED = re.compile(r"[\udc80-\udcff]")
@@ -175,9 +187,21 @@ def _check_zipfile_agrees(path: Path, data: bytes, archive: zipraw.RawArchive) -
 _TWO_THREADS_FROM = 256 * 1024
 
 
-def _read_contents(path: Path, data: bytes, archive: zipraw.RawArchive) -> dict[str, bytes]:
+def _read_contents(
+    path: Path, data: bytes, archive: zipraw.RawArchive, watcher: InflationWatcher | None
+) -> dict[str, bytes]:
     _check_zipfile_agrees(path, data, archive)
     files = [member for member in archive.members if not member.name.endswith("/")]
+    contents: dict[str, bytes] = {}
+    if watcher is not None:  # one at a time, in order, until it has seen what it waits for
+        watched = 0
+        while watched < len(files):
+            member = files[watched]
+            watched += 1
+            _take(path, contents, _inflate([member]))
+            if watcher.saw(member.name, contents[member.name]):
+                break
+        files = files[watched:]
     total = sum(member.compressed_size for member in files)
     split = len(files)
     if total >= _TWO_THREADS_FROM:
@@ -205,13 +229,18 @@ def _read_contents(path: Path, data: bytes, archive: zipraw.RawArchive) -> dict[
             raise crashed[0]
     else:
         earlier = _inflate(files)
-    contents: dict[str, bytes] = {}
-    for payloads, failure in (earlier, *later):  # in member order: the first failure is reported
-        contents.update(payloads)
-        if failure is not None:
-            member, exc = failure
-            raise VerificationError(path, f"member {member.name!r} {exc}")
+    for inflated in (earlier, *later):  # in member order: the first failure is reported
+        _take(path, contents, inflated)
     return contents
+
+
+def _take(path: Path, contents: dict[str, bytes], inflated: _Inflated) -> None:
+    """Add the payloads of ``inflated`` to ``contents``, or raise its failure."""
+    payloads, failure = inflated
+    contents.update(payloads)
+    if failure is not None:
+        member, exc = failure
+        raise VerificationError(path, f"member {member.name!r} {exc}")
 
 
 _Inflated = tuple[dict[str, bytes], Optional[tuple[zipraw.RawMember, zipraw.RawZipError]]]
@@ -327,12 +356,21 @@ def _check_record(
     return entries
 
 
-def verify(path: Path, data: bytes | None = None, *, use_seals: bool = False) -> VerifiedWheel:
+def verify(
+    path: Path,
+    data: bytes | None = None,
+    *,
+    use_seals: bool = False,
+    watcher: InflationWatcher | None = None,
+) -> VerifiedWheel:
     """Read and verify the wheel at ``path`` (or ``data``, named by ``path``).
 
     ``use_seals``: bytes that verified in full under this name before
     (``seals``) are taken as verified, their members inflated when used; bytes
     that verify in full now are sealed.
+
+    ``watcher``: see ``InflationWatcher``; sealed bytes are not watched
+    (nothing is inflated up front).
     """
     try:
         name, version, _build, _tags = parse_wheel_filename(path.name)
@@ -364,7 +402,9 @@ def verify(path: Path, data: bytes | None = None, *, use_seals: bool = False) ->
     else:
         _check_members(path, archive)
         dist_info = _dist_info(path, archive, str(name), str(version))
-        contents = _read_contents(path, data, archive)
+        if watcher is not None and not watcher.wants(path.name, sha256, archive):
+            watcher = None
+        contents = _read_contents(path, data, archive, watcher)
         entries = _check_record(path, dist_info, contents)
         if _last_verified is not None:
             _last_verified.remember(archive, contents, entries)

@@ -1,0 +1,224 @@
+"""A forked helper process that runs the codemods while this process goes on.
+
+Importing libcst takes longer (0.1-0.2 s) than verifying and screening a whole
+wheel.  A serial run (``parallel.plan_all`` below its worker threshold) forks
+this helper when the byte pre-filter first lets a module through: the helper
+imports libcst and transforms each module it is sent, while this process
+screens the other modules and verifies the next wheel.
+
+The helper only computes.  It keeps no inherited descriptor but its two pipes
+and standard error (an inherited ``flock`` descriptor would hold this
+process's locks), writes nothing but its answers, never collects this
+process's objects, and leaves with ``os._exit`` (no exit handlers, no flushing
+of inherited buffers).  Every
+failure of the helper (it cannot start, it dies, a transform raises there)
+leaves the module to this process, which then does exactly what it does
+without a helper: a helper can make a run faster, never different.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import pickle
+import select
+import signal
+import struct
+import sys
+import threading
+from collections.abc import Collection
+from typing import NoReturn
+
+from .codemods.model import SourceResult
+
+_LENGTH = struct.Struct("!Q")
+_CHUNK = 1 << 16
+
+
+def may_fork() -> bool:
+    """Whether forking is safe here (Linux, no other thread: a fork copies their
+    locks, held or not) and there is a second CPU for the child to work on."""
+    if not sys.platform.startswith("linux") or threading.active_count() != 1:
+        return False
+    try:
+        return len(os.sched_getaffinity(0)) >= 2
+    except OSError:
+        return False
+
+
+class TransformHelper:
+    """The parent's end: send modules with ``submit``, collect with ``result``."""
+
+    def __init__(self, pid: int, to_helper: int, from_helper: int, ends: tuple[int, int]) -> None:
+        self._pid = pid
+        self.pipe_ends = ends  # the helper's descriptors (the only ones it keeps but 0-2)
+        self._to_helper = to_helper
+        self._from_helper = from_helper
+        self._outgoing = bytearray()
+        self._incoming = bytearray()
+        self._submitted: set[bytes] = set()
+        self._results: dict[bytes, SourceResult | None] = {}
+        self._running = True
+
+    @classmethod
+    def start(cls) -> TransformHelper | None:
+        """Fork the helper; None where it cannot (or should not) run."""
+        if not may_fork():
+            return None
+        try:
+            jobs_read, jobs_write = os.pipe()
+        except OSError:
+            return None
+        try:
+            answers_read, answers_write = os.pipe()
+        except OSError:
+            _close(jobs_read, jobs_write)
+            return None
+        try:
+            pid = os.fork()
+        except OSError:
+            _close(jobs_read, jobs_write, answers_read, answers_write)
+            return None
+        if pid == 0:
+            _serve(jobs_read, answers_write)
+        _close(jobs_read, answers_write)
+        os.set_blocking(jobs_write, False)  # never blocks: see _exchange
+        return cls(pid, jobs_write, answers_read, (jobs_read, answers_write))
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def submit(self, key: bytes, path: str, source: bytes, in_scope: Collection[str]) -> None:
+        """Have the helper transform ``source`` (what ``engine.transform_source`` does)."""
+        if not self._running or key in self._submitted:
+            return
+        self._submitted.add(key)
+        job = pickle.dumps((key, path, source, tuple(in_scope)), pickle.HIGHEST_PROTOCOL)
+        self._outgoing += _LENGTH.pack(len(job)) + job
+        self._exchange(wait_for=None)
+
+    def result(self, key: bytes) -> SourceResult | None:
+        """The helper's result for ``key``; None when it has none (the caller computes it)."""
+        if key not in self._submitted:
+            return None
+        self._exchange(wait_for=key)
+        return self._results.pop(key, None)
+
+    def close(self) -> None:
+        """Stop the helper (it has nothing to save) and reap it."""
+        if self._pid == 0:
+            return
+        self._stopped()
+        with contextlib.suppress(OSError):
+            os.kill(self._pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self._pid, 0)
+        self._pid = 0
+
+    def _stopped(self) -> None:
+        if self._running:
+            self._running = False
+            _close(self._to_helper, self._from_helper)
+
+    def _exchange(self, wait_for: bytes | None) -> None:
+        """Write pending jobs and read answers as the pipes allow; until ``wait_for``'s
+        answer is in (or the helper is gone), or, without it, until neither pipe is ready.
+
+        Both directions in one loop: a parent blocked on a full job pipe while
+        the helper blocks on a full answer pipe would wait for ever.
+        """
+        while self._running and (wait_for is None or wait_for not in self._results):
+            poller = select.poll()
+            poller.register(self._from_helper, select.POLLIN)
+            if self._outgoing:
+                poller.register(self._to_helper, select.POLLOUT)
+            events = poller.poll(None if wait_for is not None else 0)
+            if not events:
+                return
+            for fd, _event in events:
+                if not self._running:
+                    break
+                if fd == self._to_helper:
+                    self._write()
+                else:
+                    self._read()
+
+    def _write(self) -> None:
+        try:
+            written = os.write(self._to_helper, self._outgoing[:_CHUNK])
+        except BlockingIOError:
+            return
+        except OSError:  # the helper is gone
+            self._stopped()
+            return
+        del self._outgoing[:written]
+
+    def _read(self) -> None:
+        try:
+            chunk = os.read(self._from_helper, _CHUNK)
+        except OSError:
+            chunk = b""
+        if not chunk:  # the helper is gone: what it did not answer is computed here
+            self._stopped()
+            return
+        self._incoming += chunk
+        while len(self._incoming) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._incoming)
+            end = _LENGTH.size + length
+            if len(self._incoming) < end:
+                return
+            key, result = pickle.loads(self._incoming[_LENGTH.size : end])
+            del self._incoming[:end]
+            self._results[key] = result
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _serve(jobs: int, answers: int) -> NoReturn:
+    """In the helper: transform each job read from ``jobs`` until it ends; never returns."""
+    code = 1
+    try:
+        gc.freeze()  # this process's objects are the parent's: never finalize them here
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the helper with its parent
+        _keep_only(jobs, answers)
+        from .codemods.engine import transform_source
+
+        with os.fdopen(jobs, "rb") as reader, os.fdopen(answers, "wb") as writer:
+            while True:
+                header = reader.read(_LENGTH.size)
+                if len(header) < _LENGTH.size:
+                    break
+                (length,) = _LENGTH.unpack(header)
+                key, path, source, in_scope = pickle.loads(reader.read(length))
+                result: SourceResult | None
+                try:
+                    result = transform_source(path, source, in_scope)
+                except Exception:  # the parent computes it, and meets the error itself
+                    result = None
+                answer = pickle.dumps((key, result), pickle.HIGHEST_PROTOCOL)
+                writer.write(_LENGTH.pack(len(answer)) + answer)
+                writer.flush()
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _keep_only(*kept: int) -> None:
+    """Close every inherited descriptor but ``kept`` and standard error (where
+    ``-X importtime`` and the like report, as for this process); standard input
+    and output become /dev/null."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in kept:
+            _close(fd)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(null, fd)
+    if null > 2 and null not in kept:
+        os.close(null)

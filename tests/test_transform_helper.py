@@ -1,0 +1,209 @@
+"""The forked transform helper (``transform_helper``) makes a serial run faster,
+never different: its plans and outputs are those of this process, whatever
+happens to it, it holds none of this process's descriptors (locks), and it
+starts only for wheels whose plan runs the codemods."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipfix import parallel, patcher, transform_helper
+from pipfix.codemods.engine import transform_source
+from pipfix.codemods.screen import codemods_in_scope
+
+from conftest import IN_CI, SRC, clean_env, run
+
+PIP, SETUPTOOLS = "pip-23.2.1-py3-none-any.whl", "setuptools-65.5.0-py3-none-any.whl"
+
+
+@pytest.fixture(autouse=True)
+def can_fork() -> None:
+    if not transform_helper.may_fork() and not IN_CI:
+        pytest.skip("the helper needs Linux and a second CPU")
+
+
+@pytest.fixture
+def fresh_transforms(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """An empty transform cache, so that this process has computed nothing yet."""
+    monkeypatch.setattr(patcher, "_CACHE", patcher._TransformCache())
+    yield
+
+
+@pytest.fixture
+def helper() -> Iterator[transform_helper.TransformHelper]:
+    started = transform_helper.TransformHelper.start()
+    assert started is not None
+    yield started
+    started.close()
+
+
+def _job(source: bytes) -> tuple[bytes, str, bytes, frozenset[str]]:
+    return hashlib.sha256(source).digest(), "mod.py", source, codemods_in_scope(source)
+
+
+def _glibc_module(pinned_wheels: dict[str, Path]) -> bytes:
+    return patcher.plan(pinned_wheels[PIP]).changes[0].before
+
+
+def test_serial_plans_with_the_helper_are_those_of_this_process(
+    pinned_wheels: dict[str, Path], fresh_transforms: None
+) -> None:
+    paths = [pinned_wheels[name] for name in sorted(pinned_wheels)]
+    helped = parallel.plan_all(paths, jobs=1)
+    patcher._CACHE = patcher._TransformCache()
+    alone = [patcher.plan(path) for path in paths]
+    assert [p.state for p in helped] == [p.state for p in alone]
+    assert [p.changes for p in helped] == [p.changes for p in alone]
+    assert [p.unpatchable for p in helped] == [p.unpatchable for p in alone]
+    built = [p.build() for p in helped if p.state is patcher.WheelState.NEEDS_PATCH]
+    assert built == [p.build() for p in alone if p.state is patcher.WheelState.NEEDS_PATCH]
+
+
+def test_a_serial_run_leaves_libcst_to_the_helper(
+    pinned_wheels: dict[str, Path], tmp_path: Path
+) -> None:
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom pipfix import parallel\n"
+        "plans = parallel.plan_all([Path(p) for p in sys.argv[1:]])\n"
+        "print(sorted(c.path for p in plans for c in p.changes), 'libcst' in sys.modules)\n"
+    )
+    result = run(
+        [sys.executable, "-c", script, str(pinned_wheels[PIP]), str(pinned_wheels[SETUPTOOLS])],
+        env=clean_env(PYTHONPATH=str(SRC)),
+    )
+    assert result.returncode == 0, result.stderr
+    changed, imported = result.stdout.rsplit(" ", 1)
+    assert "pip/_internal/utils/glibc.py" in changed and imported.strip() == "False"
+
+
+def test_a_dead_helper_leaves_the_work_to_this_process(
+    pinned_wheels: dict[str, Path], fresh_transforms: None
+) -> None:
+    expected = patcher.plan(pinned_wheels[PIP])
+    patcher._CACHE = patcher._TransformCache()
+    with patcher.transforms_in_a_helper():
+        finish = patcher.start_plan(pinned_wheels[PIP])
+        started = patcher._CACHE._helper
+        assert started is not None
+        os.kill(started.pid, signal.SIGKILL)
+        plan = finish()
+    assert plan.changes == expected.changes and plan.build() == expected.build()
+
+
+def test_answers_match_the_engine_and_a_failing_job_is_answered_none(
+    pinned_wheels: dict[str, Path], helper: transform_helper.TransformHelper
+) -> None:
+    source = _glibc_module(pinned_wheels)
+    key, path, _, in_scope = _job(source)
+    helper.submit(b"broken", path, None, in_scope)  # type: ignore[arg-type]
+    helper.submit(key, path, source, in_scope)
+    assert helper.result(b"broken") is None  # the caller computes it, and meets the error
+    assert helper.result(key) == transform_source(path, source, in_scope)
+    assert helper.result(b"never submitted") is None
+
+
+class Hang(Exception):
+    """Not an OSError: the code under test handles those."""
+
+
+@pytest.fixture
+def deadline() -> Iterator[None]:
+    """A hang fails the test after a minute instead of stopping the suite."""
+
+    def expired(signum: int, frame: object) -> None:
+        raise Hang("the helper exchange hangs")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_large_jobs_and_answers_do_not_block_either_side(
+    helper: transform_helper.TransformHelper, deadline: None
+) -> None:
+    # Each answer holds its source again: 64 x 256 KiB fills both pipes many times over.
+    sources = [b"x = %d\n" % i * 40000 for i in range(64)]
+    keys = [hashlib.sha256(s).digest() for s in sources]
+    for key, source in zip(keys, sources):
+        helper.submit(key, "big.py", source, frozenset({"ctypes-import"}))
+    for key, source in zip(keys, sources):
+        answer = helper.result(key)
+        assert answer is not None and answer.source == source
+
+
+def test_the_helper_holds_no_descriptor_of_this_process(
+    tmp_path: Path, pinned_wheels: dict[str, Path]
+) -> None:
+    lock_file = tmp_path / "lock"
+    held = os.open(lock_file, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    started = transform_helper.TransformHelper.start()
+    assert started is not None
+    try:
+        source = _glibc_module(pinned_wheels)
+        key, path, _, in_scope = _job(source)
+        started.submit(key, path, source, in_scope)
+        assert started.result(key) is not None  # the helper is past its set-up
+        kept = sorted(int(fd) for fd in os.listdir(f"/proc/{started.pid}/fd"))
+        assert kept == [0, 1, 2, *sorted(started.pipe_ends)], kept
+        os.close(held)  # releases the lock: no copy of the descriptor holds it
+        again = os.open(lock_file, os.O_RDWR)
+        try:
+            fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(again)
+    finally:
+        started.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(started.pid, os.WNOHANG)  # reaped
+
+
+def test_no_helper_while_another_thread_runs() -> None:
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert not transform_helper.may_fork()
+        assert transform_helper.TransformHelper.start() is None
+    finally:
+        stop.set()
+        other.join()
+
+
+@pytest.mark.parametrize("case", ["patched", "cached"])
+def test_runs_that_need_no_codemod_start_no_helper(
+    case: str, pinned_wheels: dict[str, Path], tmp_path: Path
+) -> None:
+    """Checked with the wheel verified in full (no seal): the helper would start
+    while it is verified.  The helper's ``-X importtime`` lines go to this
+    process's standard error."""
+    wheel = tmp_path / PIP
+    wheel.write_bytes(pinned_wheels[PIP].read_bytes())
+    cache = tmp_path / "cache"
+    env = clean_env(PYTHONPATH=str(SRC), XDG_CACHE_HOME=str(cache))
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "-X", "importtime", "-m", "pipfix", "patch-wheel", "-q"]
+    first = run([*command, str(wheel), "-o", str(out)], env=env)
+    assert first.returncode == 0 and "libcst" in first.stderr, first.stderr[-2000:]
+    shutil.rmtree(cache / "pipfix" / "verified-v1")
+    again = tmp_path / "again"
+    again.mkdir()
+    if case == "patched":
+        second = run([*command, "--no-cache", str(out / PIP), "-o", str(again)], env=env)
+    else:
+        second = run([*command, str(wheel), "-o", str(again)], env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "libcst" not in second.stderr

@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, NamedTuple
 
 from installer import install as installer_install
 from installer.destinations import SchemeDictionaryDestination
@@ -46,6 +46,16 @@ from .patcher import WheelState
 from .target import Installation
 
 WheelKey = tuple[str, str]  # (canonical name, canonical version)
+
+
+class PatchedWheel(NamedTuple):
+    """A wheel to install: its file name and bytes, and the payloads of its members
+    already verified in memory (``WheelPlan.output_payloads``), which the install
+    reads from there instead of inflating them again."""
+
+    name: str
+    data: bytes
+    payloads: Mapping[str, bytes]
 
 
 def wheel_key(name: str, version: str) -> WheelKey:
@@ -116,6 +126,33 @@ def _console_entry_points(wheel: WheelFile) -> dict[str, tuple[str, str, str]]:
     return {
         name: (module, attr, section) for name, module, attr, section in parse_entrypoints(text)
     }
+
+
+class _KnownPayloads(zipfile.ZipFile):
+    """The wheel's archive, whose members with a payload at hand are read from memory.
+
+    installer reads every member through ``open``; pip's 7 MB would otherwise be
+    inflated a second time, after pipfix verified them (and built the wheel
+    from them) in this very run.
+    """
+
+    def __init__(self, file: Path, payloads: Mapping[str, bytes]) -> None:
+        super().__init__(file)
+        self._payloads = payloads
+
+    def open(
+        self,
+        name: str | zipfile.ZipInfo,
+        mode: str = "r",
+        pwd: bytes | None = None,
+        *,
+        force_zip64: bool = False,
+    ) -> IO[bytes]:
+        filename = name.filename if isinstance(name, zipfile.ZipInfo) else name
+        payload = self._payloads.get(filename) if mode == "r" else None
+        if payload is not None:
+            return io.BytesIO(payload)
+        return super().open(name, mode, pwd, force_zip64=force_zip64)  # type: ignore[arg-type]
 
 
 class _ScriptedWheel(WheelFile):
@@ -251,6 +288,7 @@ def _stage(
     target_scheme: schemes.InstallScheme,
     stage_root: Path,
     wheel_path: Path,
+    payloads: Mapping[str, bytes],
     dist: InstalledDistribution | None,
     options: InstallOptions,
     target: schemes.TargetSession | None,
@@ -282,7 +320,7 @@ def _stage(
             name, module, attr, section, target_scheme.interpreter, relocatable
         )
 
-    with zipfile.ZipFile(wheel_path) as archive:
+    with _KnownPayloads(wheel_path, payloads) as archive:
         available = _console_entry_points(WheelFile(archive))
         if dist is not None:
             names = sorted(existing_scripts)
@@ -380,8 +418,7 @@ def _locally_modified_and_untouched(entry: RecordEntry | None, current: bytes, n
 def _swap_in(
     installation: Installation,
     target_scheme: schemes.InstallScheme,
-    wheel_name: str,
-    wheel_data: bytes,
+    wheel: PatchedWheel,
     dist: InstalledDistribution | None,
     options: InstallOptions,
     target: schemes.TargetSession | None,
@@ -390,10 +427,10 @@ def _swap_in(
     state_dir.mkdir(exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix="stage-", dir=state_dir))
     try:
-        wheel_path = stage / wheel_name
-        wheel_path.write_bytes(wheel_data)
+        wheel_path = stage / wheel.name
+        wheel_path.write_bytes(wheel.data)
         staged, script_style = _stage(
-            target_scheme, stage / "root", wheel_path, dist, options, target
+            target_scheme, stage / "root", wheel_path, wheel.payloads, dist, options, target
         )
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)  # nothing was swapped yet
@@ -401,8 +438,8 @@ def _swap_in(
     if not staged.operations:
         swap.complete(state_dir)
         return [], script_style, staged.bytecode
-    name = dist.name if dist is not None else wheel_name.split("-")[0]
-    version = dist.version if dist is not None else wheel_name.split("-")[1]
+    name = dist.name if dist is not None else wheel.name.split("-")[0]
+    version = dist.version if dist is not None else wheel.name.split("-")[1]
     key = f"{name}-{version}-python{target_scheme.version}"
     swap.prepare(state_dir, key, staged.operations)
     swap.run(state_dir, staged.operations, stage)
@@ -413,17 +450,18 @@ def _swap_in(
 
 
 def _patched_wheel_for(
-    dist: InstalledDistribution, patched: Mapping[WheelKey, tuple[str, bytes]]
-) -> tuple[str, str, bytes | None, str]:
-    """(source description, wheel name, patched bytes or None, state) for a distribution."""
+    dist: InstalledDistribution, patched: Mapping[WheelKey, PatchedWheel]
+) -> tuple[str, PatchedWheel | None, str]:
+    """(source description, the patched wheel or None, state) for a distribution."""
     at_hand = patched.get(wheel_key(dist.name, dist.version))
     if at_hand is not None:
-        return "the patched ensurepip wheel", at_hand[0], at_hand[1], WheelState.NEEDS_PATCH.value
+        return "the patched ensurepip wheel", at_hand, WheelState.NEEDS_PATCH.value
     filename, data = rebuild_wheel(dist)
     plan = patcher.plan(Path(filename), data)
     if plan.state is WheelState.NEEDS_PATCH:
-        return "a wheel rebuilt from its installed files", filename, plan.build(), plan.state.value
-    return "its installed files", filename, None, plan.state.value
+        built = PatchedWheel(filename, plan.build(), plan.output_payloads())
+        return "a wheel rebuilt from its installed files", built, plan.state.value
+    return "its installed files", None, plan.state.value
 
 
 # The pip/setuptools distributions preflight() found, by site directory.
@@ -472,8 +510,8 @@ def stop_asking(asked: Asked) -> None:
 
 def reinstall(
     installation: Installation,
-    patched: Mapping[WheelKey, tuple[str, bytes]],
-    bundled: Mapping[str, list[tuple[str, bytes]]],
+    patched: Mapping[WheelKey, PatchedWheel],
+    bundled: Mapping[str, list[PatchedWheel]],
     options: InstallOptions,
     asked: Asked | None = None,
     found: Found | None = None,
@@ -495,10 +533,8 @@ def reinstall(
             for dist in dists:
                 reports.append(_reinstall_one(installation, confirmed, dist, patched, options))
             if options.ensurepip and not any(canonicalize_name(d.name) == "pip" for d in dists):
-                for wheel_name, data in bundled.get(computed.version, []):
-                    reports.append(
-                        _install_new(installation, confirmed, wheel_name, data, options)
-                    )
+                for wheel in bundled.get(computed.version, []):
+                    reports.append(_install_new(installation, confirmed, wheel, options))
         finally:
             confirmed.close()
     return reports
@@ -531,7 +567,7 @@ def _reinstall_one(
     installation: Installation,
     lazy_scheme: _LazyScheme,
     dist: InstalledDistribution,
-    patched: Mapping[WheelKey, tuple[str, bytes]],
+    patched: Mapping[WheelKey, PatchedWheel],
     options: InstallOptions,
 ) -> InstallReport:
     base = InstallReport(dist.name, dist.version, str(dist.site_dir), action="")
@@ -540,17 +576,17 @@ def _reinstall_one(
         return replace(base, action="already patched")
     if not (options.installed_checked and existing is None):  # else preflight() did
         verify_installed(dist, only=patch_candidate)
-    source, wheel_name, data, state = _patched_wheel_for(dist, patched)
-    if data is None:
+    source, wheel, state = _patched_wheel_for(dist, patched)
+    if wheel is None:
         if existing is None:
             return replace(base, action="nothing to do", source=state)
-        wheel_name, data = rebuild_wheel(dist)
+        wheel = PatchedWheel(*rebuild_wheel(dist), payloads={})
         source = "its installed (already patched) files"
     if options.dry_run:
         return replace(base, action="would reinstall", source=source)
     target_scheme, target = lazy_scheme.get()
     changed, scripts, bytecode = _swap_in(
-        installation, target_scheme, wheel_name, data, dist, options, target
+        installation, target_scheme, wheel, dist, options, target
     )
     return replace(
         base,
@@ -566,11 +602,10 @@ def _reinstall_one(
 def _install_new(
     installation: Installation,
     lazy_scheme: _LazyScheme,
-    wheel_name: str,
-    data: bytes,
+    wheel: PatchedWheel,
     options: InstallOptions,
 ) -> InstallReport:
-    name, version = wheel_name.split("-")[:2]
+    name, version = wheel.name.split("-")[:2]
     base = InstallReport(
         name,
         version,
@@ -581,9 +616,7 @@ def _install_new(
     if options.dry_run:
         return replace(base, action="would install")
     target_scheme, target = lazy_scheme.get()
-    _, scripts, bytecode = _swap_in(
-        installation, target_scheme, wheel_name, data, None, options, target
-    )
+    _, scripts, bytecode = _swap_in(installation, target_scheme, wheel, None, options, target)
     return replace(
         base,
         action="installed (ensurepip)",

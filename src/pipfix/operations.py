@@ -144,24 +144,26 @@ def check(
     )
 
 
-def _patched_wheels(plans: Iterable[WheelPlan]) -> dict[install.WheelKey, tuple[str, bytes]]:
-    """Patched bytes of every ensurepip wheel, by (name, version)."""
+def _patched_wheels(plans: Iterable[WheelPlan]) -> dict[install.WheelKey, install.PatchedWheel]:
+    """Patched bytes (and verified payloads) of every ensurepip wheel, by (name, version)."""
     patched = {}
     for plan in plans:
         wheel = plan.wheel
         key = install.wheel_key(wheel.distribution, wheel.version)
         if plan.state is WheelState.NEEDS_PATCH:
-            patched[key] = (wheel.path.name, plan.build())
+            patched[key] = install.PatchedWheel(
+                wheel.path.name, plan.build(), plan.output_payloads()
+            )
         elif plan.state is WheelState.PATCHED:
-            patched[key] = (wheel.path.name, wheel.data)
+            patched[key] = install.PatchedWheel(wheel.path.name, wheel.data, wheel.contents)
     return patched
 
 
 def _bundled_by_version(
-    installations: Iterable[Installation], patched: dict[install.WheelKey, tuple[str, bytes]]
-) -> dict[str, list[tuple[str, bytes]]]:
+    installations: Iterable[Installation], patched: dict[install.WheelKey, install.PatchedWheel]
+) -> dict[str, list[install.PatchedWheel]]:
     """For --ensurepip: the patched wheels each Python version's ensurepip bundles."""
-    bundled: dict[str, list[tuple[str, bytes]]] = {}
+    bundled: dict[str, list[install.PatchedWheel]] = {}
     for installation in installations:
         for lib in installation.libs:
             for path in sorted(lib.bundled_dir.glob("*.whl")):

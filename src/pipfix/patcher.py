@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -138,6 +138,20 @@ class WheelPlan:
             self._built.verified = True
         self.output_sha256()
         return data
+
+    def output_payloads(self) -> Mapping[str, bytes]:
+        """Payloads of the output's members that this plan holds verified in memory:
+        the input's unchanged files and the patched modules (not RECORD nor
+        ``pipfix.json``; none of the unchanged ones after a parallel run's worker
+        dropped them).  An installer can read these instead of inflating them again."""
+        if self.state is WheelState.PATCHED:
+            return self.wheel.contents  # the output is the input
+        if self.state is not WheelState.NEEDS_PATCH:
+            raise ValueError(f"{self.wheel.path.name} is {self.state.value}, nothing to build")
+        record_path = self.wheel.record_path
+        payloads = {n: p for n, p in self.wheel.contents.items() if n != record_path}
+        payloads.update((change.path, change.after) for change in self.changes)
+        return payloads
 
     def output_sha256(self) -> str:
         """The sha256 of ``build()``'s bytes, computed once."""

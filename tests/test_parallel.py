@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipfix import codemods, parallel, patcher
+from pipfix import codemods, forking, parallel, patcher
 from pipfix.codemods.model import SourceResult
 from pipfix.errors import PipfixError, VerificationError
 from pipfix.shared_results import SharedResults
@@ -34,7 +34,7 @@ def wheels(pinned_wheels: dict[str, Path], tmp_path: Path) -> list[Path]:
 
 
 def _forks_here() -> None:
-    assert parallel._fork_is_safe(), "the parallel path would not be taken in this process"
+    assert forking.fork_is_safe(), "the parallel path would not be taken in this process"
 
 
 def test_parallel_plans_equal_serial_plans(wheels: list[Path]) -> None:

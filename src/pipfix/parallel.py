@@ -20,17 +20,15 @@ each wheel, and the next one, while the helper imports libcst and transforms.
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 import tempfile
-import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from . import patcher, wheelfile
+from .forking import fork_is_safe, usable_cpus
 from .shared_results import SharedResults
 
 # A serial run verifies and screens this many wheels ahead of the one whose
@@ -40,14 +38,6 @@ LOOKAHEAD = 1
 # Below this many wheels one process is as fast (each worker pays its own
 # libcst import, and one process shares identical modules between wheels).
 MIN_WHEELS = 6
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 OnPlan = Callable[[int, patcher.WheelPlan], None]
@@ -71,7 +61,7 @@ def plan_all(
     wanted = jobs if jobs is not None else usable_cpus() if len(paths) >= MIN_WHEELS else 1
     workers = min(wanted, len(paths))
     plans: list[patcher.WheelPlan] = []
-    if workers < 2 or not _fork_is_safe():
+    if workers < 2 or not fork_is_safe():
         with wheelfile.reusing_payloads(), patcher.transforms_in_a_helper():
             started: deque[patcher.PlanInProgress] = deque()
             for path in paths:
@@ -126,11 +116,6 @@ def _join_run(shared: Path | None) -> None:
     reuse the payloads of the wheel verified just before (for its whole life)."""
     patcher.share_transforms(None if shared is None else SharedResults(shared))
     wheelfile.start_reusing_payloads()
-
-
-def _fork_is_safe() -> bool:
-    # Linux only: macOS system libraries are not fork-safe (CPython spawns there).
-    return sys.platform.startswith("linux") and threading.active_count() == 1
 
 
 def _plan_and_build(path: Path, use_cache: bool) -> patcher.WheelPlan:

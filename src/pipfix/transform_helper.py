@@ -10,10 +10,11 @@ The helper only computes.  It keeps no inherited descriptor but its two pipes
 and standard error (an inherited ``flock`` descriptor would hold this
 process's locks), writes nothing but its answers, never collects this
 process's objects, and leaves with ``os._exit`` (no exit handlers, no flushing
-of inherited buffers).  Every
-failure of the helper (it cannot start, it dies, a transform raises there)
-leaves the module to this process, which then does exactly what it does
-without a helper: a helper can make a run faster, never different.
+of inherited buffers).  Its answers are unpickled: they come from this
+process's own child, over a pipe no other process holds.  Every failure of the
+helper (it cannot start, it dies, a transform raises there) leaves the module
+to this process, which then does exactly what it does without a helper: a
+helper can make a run faster, never different.
 """
 
 from __future__ import annotations
@@ -25,26 +26,20 @@ import pickle
 import select
 import signal
 import struct
-import sys
-import threading
 from collections.abc import Collection
 from typing import NoReturn
 
 from .codemods.model import SourceResult
+from .forking import fork_is_safe, usable_cpus
 
 _LENGTH = struct.Struct("!Q")
 _CHUNK = 1 << 16
 
 
 def may_fork() -> bool:
-    """Whether forking is safe here (Linux, no other thread: a fork copies their
-    locks, held or not) and there is a second CPU for the child to work on."""
-    if not sys.platform.startswith("linux") or threading.active_count() != 1:
-        return False
-    try:
-        return len(os.sched_getaffinity(0)) >= 2
-    except OSError:
-        return False
+    """Whether forking is safe here (``forking``) and there is a second CPU for
+    the helper to work on."""
+    return fork_is_safe() and usable_cpus() >= 2
 
 
 class TransformHelper:

@@ -285,9 +285,11 @@ class _HelperStarter:
         self._transforms = transforms
         self._use_cache = use_cache
 
-    def wants(self, name: str, sha256: str, archive: zipraw.RawArchive) -> bool:
-        provenance_name = f".dist-info/{provenance.FILENAME}"
-        if any(m.name.endswith(provenance_name) for m in archive.members):
+    def wants(
+        self, name: str, sha256: str, dist_info: str, archive: zipraw.RawArchive
+    ) -> bool:
+        patched_by_us = provenance.member_name(dist_info)  # as _existing_provenance looks
+        if any(member.name == patched_by_us for member in archive.members):
             return False
         return not (self._use_cache and cache.may_hold(name, sha256))
 

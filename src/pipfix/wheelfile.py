@@ -77,7 +77,9 @@ class InflationWatcher(Protocol):
     """A look at a wheel while it is verified, to start work early (the transform
     helper), never to decide anything: nothing it sees is verified yet."""
 
-    def wants(self, name: str, sha256: str, archive: zipraw.RawArchive) -> bool:
+    def wants(
+        self, name: str, sha256: str, dist_info: str, archive: zipraw.RawArchive
+    ) -> bool:
         """Whether to watch this wheel's members (``name``: its file name)."""
 
     def saw(self, name: str, payload: bytes) -> bool:
@@ -402,7 +404,7 @@ def verify(
     else:
         _check_members(path, archive)
         dist_info = _dist_info(path, archive, str(name), str(version))
-        if watcher is not None and not watcher.wants(path.name, sha256, archive):
+        if watcher is not None and not watcher.wants(path.name, sha256, dist_info, archive):
             watcher = None
         contents = _read_contents(path, data, archive, watcher)
         entries = _check_record(path, dist_info, contents)

@@ -25,7 +25,7 @@ SETUPTOOLS = "setuptools-65.5.0-py3-none-any.whl"
 
 
 def entries(home: Path) -> list[Path]:
-    directory = home / "pipfix" / cache._SUBDIR
+    directory = home / "pipfix" / cachedir.WHEELS_SUBDIR
     return sorted(directory.iterdir()) if directory.is_dir() else []
 
 
@@ -173,12 +173,12 @@ def test_read_only_cache_directory_means_no_cache(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     mount = small_filesystem("16m")
-    (mount / "pipfix" / cache._SUBDIR).mkdir(parents=True)
+    (mount / "pipfix" / cachedir.WHEELS_SUBDIR).mkdir(parents=True)
     subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
     monkeypatch.setenv("XDG_CACHE_HOME", str(mount))
     data = patcher.plan(pinned_wheels[PIP], use_cache=True).build()
     assert data == patcher.plan(pinned_wheels[PIP]).build()
-    assert list((mount / "pipfix" / cache._SUBDIR).iterdir()) == []
+    assert list((mount / "pipfix" / cachedir.WHEELS_SUBDIR).iterdir()) == []
 
 
 def test_failed_write_leaves_no_temporary_file_and_no_error(
@@ -198,7 +198,7 @@ def test_failed_write_leaves_no_temporary_file_and_no_error(
 def test_stale_temporary_files_are_removed(
     pinned_wheels: dict[str, Path], cache_home: Path
 ) -> None:
-    directory = cache_home / "pipfix" / cache._SUBDIR
+    directory = cache_home / "pipfix" / cachedir.WHEELS_SUBDIR
     directory.mkdir(parents=True)
     stale, fresh = directory / ".tmp-killed.whl", directory / ".tmp-writing.whl"
     stale.write_bytes(b"half a wheel")
@@ -211,14 +211,14 @@ def test_stale_temporary_files_are_removed(
 def test_key_changes_with_patch_set_pipfix_version_name_and_content(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    key = cache.entry_key(PIP, "a" * 64)
-    assert cache.entry_key(PIP, "b" * 64) != key
-    assert cache.entry_key(SETUPTOOLS, "a" * 64) != key
+    key = cachedir.entry_key(PIP, "a" * 64)
+    assert cachedir.entry_key(PIP, "b" * 64) != key
+    assert cachedir.entry_key(SETUPTOOLS, "a" * 64) != key
     monkeypatch.setattr(provenance, "PATCH_SET_VERSION", provenance.PATCH_SET_VERSION + 1)
-    assert cache.entry_key(PIP, "a" * 64) != key
+    assert cachedir.entry_key(PIP, "a" * 64) != key
     monkeypatch.undo()
-    monkeypatch.setattr(cache, "__version__", "999.0")
-    assert cache.entry_key(PIP, "a" * 64) != key
+    monkeypatch.setattr(cachedir, "__version__", "999.0")
+    assert cachedir.entry_key(PIP, "a" * 64) != key
 
 
 def test_entry_of_another_patch_set_is_not_used(

@@ -1,7 +1,8 @@
 """The forked transform helper (``transform_helper``) makes a serial run faster,
 never different: its plans and outputs are those of this process, whatever
-happens to it, it holds none of this process's descriptors (locks), and it
-starts only for wheels whose plan runs the codemods."""
+happens to it, it holds none of this process's descriptors (locks), it
+imports libcst only for wheels whose plan runs the codemods, and the command
+line forks it before importing the rest of pipfix."""
 
 from __future__ import annotations
 
@@ -183,12 +184,11 @@ def test_no_helper_while_another_thread_runs() -> None:
 
 
 @pytest.mark.parametrize("case", ["patched", "cached"])
-def test_runs_that_need_no_codemod_start_no_helper(
+def test_runs_that_need_no_codemod_import_no_libcst(
     case: str, pinned_wheels: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Checked with the wheel verified in full (no seal): the helper would start
-    while it is verified.  The helper's ``-X importtime`` lines go to this
-    process's standard error."""
+    """Checked with the wheel verified in full (no seal).  The helper's
+    ``-X importtime`` lines go to this process's standard error."""
     wheel = tmp_path / PIP
     wheel.write_bytes(pinned_wheels[PIP].read_bytes())
     cache = tmp_path / "cache"
@@ -207,3 +207,57 @@ def test_runs_that_need_no_codemod_start_no_helper(
         second = run([*command, str(wheel), "-o", str(again)], env=env)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "libcst" not in second.stderr
+
+
+_RECORD_STARTS = (
+    "import sys\nfrom pipfix import cli, transform_helper\n"
+    "start = transform_helper.TransformHelper.start.__func__\n"
+    "def recorded(cls, looking_at=(), use_cache=False):\n"
+    "    print('start', 'pipfix.operations' in sys.modules, [str(p) for p in looking_at])\n"
+    "    return start(cls, looking_at, use_cache)\n"
+    "transform_helper.TransformHelper.start = classmethod(recorded)\n"
+    "sys.exit(cli.main(sys.argv[1:]))\n"
+)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_the_command_line_forks_the_helper_before_importing_the_operations(
+    jobs: str, pinned_wheels: dict[str, Path], tmp_path: Path
+) -> None:
+    """A serial run (``-j 1``) starts one helper, looking at its wheels, before
+    ``operations`` is imported; a run with workers starts none."""
+    wheels = [str(pinned_wheels[PIP]), str(pinned_wheels[SETUPTOOLS])]
+    command = [sys.executable, "-c", _RECORD_STARTS, "patch-wheel", "-q", "--no-cache"]
+    result = run(
+        [*command, "-j", jobs, *wheels, "-o", str(tmp_path)], env=clean_env(PYTHONPATH=str(SRC))
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [PIP, SETUPTOOLS]
+    starts = [line for line in result.stdout.splitlines() if line.startswith("start ")]
+    assert starts == ([f"start False {wheels!r}"] if jobs == "1" else []), result.stdout
+
+
+def test_an_early_helper_serves_the_run_or_is_stopped(
+    pinned_wheels: dict[str, Path], fresh_transforms: None
+) -> None:
+    wheel = pinned_wheels[PIP]
+    with transform_helper.started_early([wheel], use_cache=False):
+        early = transform_helper._early
+        assert early is not None
+        pid = early.pid
+        helped = parallel.plan_all([wheel], jobs=1)
+        assert transform_helper.take_early() is None  # the run took it (and stopped it)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    patcher._CACHE = patcher._TransformCache()
+    alone = patcher.plan(wheel)
+    assert helped[0].changes == alone.changes and helped[0].build() == alone.build()
+
+    with transform_helper.started_early([wheel], use_cache=False):
+        unused = transform_helper._early
+        assert unused is not None
+        pid = unused.pid
+        os.kill(pid, 0)  # alive
+    assert transform_helper._early is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # stopped and reaped at the end of the block

@@ -14,13 +14,25 @@ User errors raise :class:`PipfixError` (``str(error)`` is the one-line message).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from ._version import __version__
 from .errors import PipfixError
-from .reports import RunReport, WheelReport
+
+if TYPE_CHECKING:
+    from .reports import RunReport, WheelReport
 
 Target = Union[str, Path]
+
+
+def __getattr__(name: str) -> object:
+    """``RunReport`` and ``WheelReport``, imported when first asked for: the command
+    line forks its transform helper before it needs them (``cli``)."""
+    if name in ("RunReport", "WheelReport"):
+        from . import reports
+
+        return getattr(reports, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _many(targets: Target | list[Target] | tuple[Target, ...] | None) -> list[Target]:

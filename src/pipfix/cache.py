@@ -25,7 +25,6 @@ command: an unwritable or unreadable directory only means no cache.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -36,26 +35,9 @@ from pathlib import Path
 
 from . import provenance, record, wheelfile, zipraw
 from ._version import __version__
-from .cachedir import cache_root
+from .cachedir import FORMAT, cache_root, entry_paths
 
-FORMAT = 1
-_SUBDIR = f"wheels-v{FORMAT}"
 _STALE_TEMPORARY_SECONDS = 24 * 3600
-
-
-def entry_key(filename: str, sha256: str) -> str:
-    """The key of the patched output of ``filename`` with content ``sha256``."""
-    material = "\0".join(
-        ("pipfix-cache", str(FORMAT), __version__, str(provenance.PATCH_SET_VERSION), filename,
-         sha256)
-    )
-    return hashlib.sha256(material.encode("utf-8")).hexdigest()
-
-
-def _entry_paths(root: Path, filename: str, sha256: str) -> tuple[Path, Path]:
-    key = entry_key(filename, sha256)
-    directory = root / _SUBDIR
-    return directory / f"{key}.whl", directory / f"{key}.json"
 
 
 @dataclass(frozen=True)
@@ -133,21 +115,12 @@ def _check_output(wheel: wheelfile.VerifiedWheel, data: bytes, changes: _Changes
     return CachedPatch(data, tuple((p, c, changed[p]) for p, c in changes))
 
 
-def may_hold(filename: str, sha256: str, root: Path | None = None) -> bool:
-    """Whether an entry for this input exists (``load`` still checks it): a look
-    that costs one ``stat``, before the input is even verified."""
-    root = root if root is not None else cache_root()
-    if root is None:
-        return False
-    return _entry_paths(root, filename, sha256)[1].exists()
-
-
 def load(wheel: wheelfile.VerifiedWheel, root: Path | None = None) -> CachedPatch | None:
     """The verified patched output of ``wheel``, or None (miss, or a corrupt entry)."""
     root = root if root is not None else cache_root()
     if root is None:
         return None
-    wheel_path, index_path = _entry_paths(root, wheel.path.name, wheel.sha256)
+    wheel_path, index_path = entry_paths(root, wheel.path.name, wheel.sha256)
     try:
         output_sha256, changes = _parse_index(index_path.read_bytes(), wheel)
         if wheel_path.stat().st_size > wheelfile.MAX_WHEEL_BYTES:
@@ -194,7 +167,7 @@ def store(
     root = root if root is not None else cache_root()
     if root is None:
         return False
-    wheel_path, index_path = _entry_paths(root, wheel.path.name, wheel.sha256)
+    wheel_path, index_path = entry_paths(root, wheel.path.name, wheel.sha256)
     index = {
         "format": FORMAT,
         "pipfix_version": __version__,

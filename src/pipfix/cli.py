@@ -3,24 +3,31 @@
 Nothing here decides what to patch; it only parses arguments, calls the API
 and prints (human lines or ``--json``). User errors become one line on stderr
 and a documented exit code, never a traceback.
+
+The operations are imported by each command, not with this module: a serial
+``patch-wheel`` first forks its transform helper (``transform_helper.started_early``),
+which then imports libcst while this process imports the rest of pipfix.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import gc
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from . import doctor_cli, operations
+from . import doctor_cli
 from ._version import __version__
 from .errors import EXIT_ERROR, EXIT_OK, PipfixError
-from .reports import RunReport, WheelReport
+
+if TYPE_CHECKING:
+    from .reports import RunReport, WheelReport
 
 EXIT_CODES_HELP = """exit codes:
   0  success; for check: nothing needs patching
@@ -81,6 +88,8 @@ def _render(report: RunReport, args: argparse.Namespace) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from . import operations
+
     report = operations.check(
         args.targets, under=args.all, use_cache=not args.no_cache, jobs=args.jobs
     )
@@ -89,6 +98,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
+    from . import operations
+
     report = operations.apply(
         args.targets,
         dry_run=args.dry_run,
@@ -104,24 +115,36 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
+    from . import operations
+
     report = operations.restore(args.targets, under=args.all)
     _render(report, args)
     return report.exit_code
 
 
 def _cmd_patch_wheel(args: argparse.Namespace) -> int:
-    report = operations.patch_wheel(
-        args.wheels,
-        args.output,
-        in_place=args.in_place,
-        use_cache=not args.no_cache,
-        jobs=args.jobs,
-    )
+    from . import forking, transform_helper
+
+    early: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if forking.planned_workers(len(args.wheels), args.jobs) < 2:  # a serial run
+        early = transform_helper.started_early([Path(w) for w in args.wheels], not args.no_cache)
+    with early:
+        from . import operations
+
+        report = operations.patch_wheel(
+            args.wheels,
+            args.output,
+            in_place=args.in_place,
+            use_cache=not args.no_cache,
+            jobs=args.jobs,
+        )
     _render(report, args)
     return report.exit_code
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
+    from . import operations
+
     text = operations.diff(args.items)
     sys.stdout.flush()
     sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))

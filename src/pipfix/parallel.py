@@ -11,7 +11,7 @@ prepare each output while the workers go on: ``on_plan``).  The output bytes
 are the same either way: a plan depends only on its input.
 
 Serial instead when forking is not safe or not worth it: fewer than
-``MIN_WHEELS`` wheels (unless ``jobs`` asks for workers), one CPU, a
+``forking.MIN_WHEELS`` wheels (unless ``jobs`` asks for workers), one CPU, a
 platform other than Linux, or other threads alive in this process (a fork
 copies their locks, held or not).  A serial run still leaves libcst to one
 forked helper where it may (``transform_helper``): it verifies and screens
@@ -28,16 +28,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import patcher, wheelfile
-from .forking import fork_is_safe, usable_cpus
+from .forking import fork_is_safe, planned_workers
 from .shared_results import SharedResults
 
 # A serial run verifies and screens this many wheels ahead of the one whose
 # plan it finishes: their modules go to the transform helper meanwhile.
 LOOKAHEAD = 1
-
-# Below this many wheels one process is as fast (each worker pays its own
-# libcst import, and one process shares identical modules between wheels).
-MIN_WHEELS = 6
 
 
 OnPlan = Callable[[int, patcher.WheelPlan], None]
@@ -53,16 +49,15 @@ def plan_all(
     """``patcher.plan`` for each path, in order; the first error in input order is raised.
 
     ``jobs``: most worker processes to use; by default one per usable CPU from
-    ``MIN_WHEELS`` wheels on.  An explicit ``jobs`` above 1 forks for any two
+    ``forking.MIN_WHEELS`` wheels on.  An explicit ``jobs`` above 1 forks for any two
     wheels or more; 1 is serial.  ``on_plan(index, plan)`` runs in this process
     for each plan in input order as soon as it is there, while the workers go
     on with the others (an error it raises ends the run).
     """
-    wanted = jobs if jobs is not None else usable_cpus() if len(paths) >= MIN_WHEELS else 1
-    workers = min(wanted, len(paths))
+    workers = planned_workers(len(paths), jobs)
     plans: list[patcher.WheelPlan] = []
     if workers < 2 or not fork_is_safe():
-        with wheelfile.reusing_payloads(), patcher.transforms_in_a_helper():
+        with wheelfile.reusing_payloads(), patcher.transforms_in_a_helper(paths, use_cache):
             started: deque[patcher.PlanInProgress] = deque()
             for path in paths:
                 started.append(patcher.start_plan(path, use_cache=use_cache))

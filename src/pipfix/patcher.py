@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import struct
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -183,16 +183,15 @@ class _TransformCache:
     """Same source bytes, same result: shared between wheels in one process and,
     in a parallel run, between its workers (``share``).
 
-    While ``helping``, ``prepare`` screens a module here (no libcst) and sends
-    those the codemods apply to to a forked ``TransformHelper``, started when
-    the byte pre-filter first lets a module through; ``transform`` collects.
+    While ``helping``, a forked ``TransformHelper`` is running: ``prepare``
+    screens a module here (no libcst) and sends it there if the codemods apply
+    to it; ``transform`` collects.
     """
 
     def __init__(self) -> None:
         self._results: dict[bytes, SourceResult] = {}
         self._shared: SharedResults | None = None
         self._helping = False
-        self._helper_started = False
         self._helper: TransformHelper | None = None
         # Screened by ``prepare``: the codemods in scope, result still to come.
         self._in_scope: dict[bytes, frozenset[str]] = {}
@@ -202,30 +201,22 @@ class _TransformCache:
         self._shared = shared
 
     @contextlib.contextmanager
-    def helping(self) -> Iterator[None]:
+    def helping(self, paths: Sequence[Path], use_cache: bool) -> Iterator[None]:
+        """The helper runs for this block: the one the command line started early,
+        or one forked now to look at ``paths`` first (none where it cannot run)."""
+        from . import transform_helper
+
         self._helping = True
+        self._helper = transform_helper.take_early() or transform_helper.TransformHelper.start(
+            paths, use_cache
+        )
         try:
             yield
         finally:
             self._helping = False
-            self._helper_started = False
             if self._helper is not None:
                 self._helper.close()
                 self._helper = None
-
-    def start_helper(self) -> None:
-        if not self._helper_started:
-            from .transform_helper import TransformHelper
-
-            self._helper_started = True
-            self._helper = TransformHelper.start()
-
-    def watcher(self, use_cache: bool) -> wheelfile.InflationWatcher | None:
-        """What starts the helper while a wheel is verified, as soon as a module
-        the byte pre-filter lets through is inflated (None: not helping, or started)."""
-        if not self._helping or self._helper_started:
-            return None
-        return _HelperStarter(self, use_cache)
 
     def prepare(self, path: str, source: bytes) -> None:
         """While ``helping``: screen ``source`` and start its transform in the helper."""
@@ -236,7 +227,6 @@ class _TransformCache:
             return
         from .codemods.screen import codemods_in_scope
 
-        self.start_helper()  # the pre-filter let a module through: libcst is due
         in_scope = codemods_in_scope(source)
         if not in_scope:
             self._results[key] = SourceResult(source, (), ())
@@ -277,29 +267,6 @@ class _TransformCache:
         return compute() if shared is None else shared.get(key, compute)
 
 
-class _HelperStarter:
-    """``_TransformCache.watcher``: watches only wheels whose plan will run the
-    codemods (not patched, no cache entry), and stops at the first candidate."""
-
-    def __init__(self, transforms: _TransformCache, use_cache: bool) -> None:
-        self._transforms = transforms
-        self._use_cache = use_cache
-
-    def wants(
-        self, name: str, sha256: str, dist_info: str, archive: zipraw.RawArchive
-    ) -> bool:
-        patched_by_us = provenance.member_name(dist_info)  # as _existing_provenance looks
-        if any(member.name == patched_by_us for member in archive.members):
-            return False
-        return not (self._use_cache and cache.may_hold(name, sha256))
-
-    def saw(self, name: str, payload: bytes) -> bool:
-        if wheelfile.is_python_source(name) and could_need_change(payload):
-            self._transforms.start_helper()
-            return True
-        return False
-
-
 _CACHE = _TransformCache()
 
 
@@ -308,11 +275,14 @@ def share_transforms(shared: SharedResults | None) -> None:
     _CACHE.share(shared)
 
 
-def transforms_in_a_helper() -> contextlib.AbstractContextManager[None]:
+def transforms_in_a_helper(
+    paths: Sequence[Path] = (), use_cache: bool = False
+) -> contextlib.AbstractContextManager[None]:
     """Within this block, plans started with ``start_plan`` have their modules
     transformed by a forked helper process (``transform_helper``) while this
-    process goes on; the helper is stopped when the block ends."""
-    return _CACHE.helping()
+    process goes on; the helper first looks at ``paths``, the wheels of the run
+    (``use_cache``: as given to their plans), and is stopped when the block ends."""
+    return _CACHE.helping(paths, use_cache)
 
 
 def _existing_provenance(wheel: wheelfile.VerifiedWheel) -> provenance.Provenance | None:
@@ -394,8 +364,7 @@ def start_plan(path: Path, data: bytes | None = None, *, use_cache: bool = False
     """``plan``, in two steps: this verifies the wheel and screens its modules (and,
     within ``transforms_in_a_helper``, starts their transforms); calling what it
     returns finishes the plan."""
-    watcher = _CACHE.watcher(use_cache)
-    wheel = wheelfile.verify(path, data, use_seals=use_cache, watcher=watcher)
+    wheel = wheelfile.verify(path, data, use_seals=use_cache)
     return _start_plan_verified(wheel, use_cache)
 
 

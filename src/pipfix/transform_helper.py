@@ -2,9 +2,13 @@
 
 Importing libcst takes longer (0.1-0.2 s) than verifying and screening a whole
 wheel.  A serial run (``parallel.plan_all`` below its worker threshold) forks
-this helper when the byte pre-filter first lets a module through: the helper
-imports libcst and transforms each module it is sent, while this process
-screens the other modules and verifies the next wheel.
+this helper as it starts, given the paths of its wheels; the command line
+forks it even earlier, before importing the rest of pipfix (``started_early``).
+The helper first looks at the wheels itself (``peek``): when one has a module
+the codemods may change, it imports libcst at once and transforms the likely
+ones ahead.  Then it answers the modules this process sends (those ahead at
+once), while this process verifies and screens the wheels, and the next one.
+A helper that found nothing imports libcst only when it is sent a module.
 
 The helper only computes.  It keeps no inherited descriptor but its two pipes
 and standard error (an inherited ``flock`` descriptor would hold this
@@ -21,16 +25,22 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import os
 import pickle
 import select
 import signal
 import struct
-from collections.abc import Collection
-from typing import NoReturn
+from collections.abc import Collection, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
-from .codemods.model import SourceResult
 from .forking import fork_is_safe, usable_cpus
+
+if TYPE_CHECKING:
+    from .codemods.model import SourceResult
+
+    _Ahead = dict[bytes, tuple[frozenset[str], SourceResult]]
 
 _LENGTH = struct.Struct("!Q")
 _CHUNK = 1 << 16
@@ -57,8 +67,12 @@ class TransformHelper:
         self._running = True
 
     @classmethod
-    def start(cls) -> TransformHelper | None:
-        """Fork the helper; None where it cannot (or should not) run."""
+    def start(
+        cls, looking_at: Sequence[Path] = (), use_cache: bool = False
+    ) -> TransformHelper | None:
+        """Fork the helper, which first looks at the wheels ``looking_at`` (``peek``;
+        ``use_cache``: whether their plans may take cached outputs); None where
+        it cannot (or should not) run."""
         if not may_fork():
             return None
         try:
@@ -76,7 +90,7 @@ class TransformHelper:
             _close(jobs_read, jobs_write, answers_read, answers_write)
             return None
         if pid == 0:
-            _serve(jobs_read, answers_write)
+            _serve(jobs_read, answers_write, looking_at, use_cache)
         _close(jobs_read, answers_write)
         os.set_blocking(jobs_write, False)  # never blocks: see _exchange
         return cls(pid, jobs_write, answers_read, (jobs_read, answers_write))
@@ -175,15 +189,61 @@ def _close(*fds: int) -> None:
             os.close(fd)
 
 
-def _serve(jobs: int, answers: int) -> NoReturn:
-    """In the helper: transform each job read from ``jobs`` until it ends; never returns."""
+_early: TransformHelper | None = None
+
+
+@contextlib.contextmanager
+def started_early(looking_at: Sequence[Path], use_cache: bool) -> Iterator[None]:
+    """For the command line: fork the helper now, before the rest of pipfix is
+    imported, for the serial run made within this block (``take_early`` hands it
+    to that run, which stops it); stopped at the end if no run took it."""
+    global _early
+    _early = TransformHelper.start(looking_at, use_cache)
+    try:
+        yield
+    finally:
+        left = take_early()
+        if left is not None:
+            left.close()
+
+
+def take_early() -> TransformHelper | None:
+    """The helper ``started_early`` forked, once (None if there is none)."""
+    global _early
+    taken, _early = _early, None
+    return taken
+
+
+def transforms_ahead(looking_at: Sequence[Path], use_cache: bool) -> _Ahead:
+    """What the helper computes before any job: the results of the modules ``peek``
+    finds, by their sha256 (with the codemods in scope for them), so that the job
+    that asks for one, with the same codemods in scope, is answered at once."""
+    from .codemods.screen import codemods_in_scope
+    from .peek import likely_transforms
+
+    ahead: _Ahead = {}
+    for path, source in likely_transforms(looking_at, use_cache):
+        in_scope = codemods_in_scope(source)
+        if not in_scope:
+            continue
+        from .codemods.engine import transform_source  # libcst: due, the pre-filter let it by
+
+        with contextlib.suppress(Exception):  # the job then computes it (and fails) itself
+            ahead[hashlib.sha256(source).digest()] = (
+                in_scope, transform_source(path, source, in_scope)
+            )
+    return ahead
+
+
+def _serve(jobs: int, answers: int, looking_at: Sequence[Path], use_cache: bool) -> NoReturn:
+    """In the helper: compute ``transforms_ahead``, then answer each job read from
+    ``jobs`` until it ends; never returns."""
     code = 1
     try:
         gc.freeze()  # this process's objects are the parent's: never finalize them here
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the helper with its parent
         _keep_only(jobs, answers)
-        from .codemods.engine import transform_source
-
+        ahead = transforms_ahead(looking_at, use_cache)
         with os.fdopen(jobs, "rb") as reader, os.fdopen(answers, "wb") as writer:
             while True:
                 header = reader.read(_LENGTH.size)
@@ -191,17 +251,30 @@ def _serve(jobs: int, answers: int) -> NoReturn:
                     break
                 (length,) = _LENGTH.unpack(header)
                 key, path, source, in_scope = pickle.loads(reader.read(length))
-                result: SourceResult | None
-                try:
-                    result = transform_source(path, source, in_scope)
-                except Exception:  # the parent computes it, and meets the error itself
-                    result = None
-                answer = pickle.dumps((key, result), pickle.HIGHEST_PROTOCOL)
+                answer = pickle.dumps(
+                    (key, _answer(ahead, key, path, source, in_scope)), pickle.HIGHEST_PROTOCOL
+                )
                 writer.write(_LENGTH.pack(len(answer)) + answer)
                 writer.flush()
         code = 0
     finally:
         os._exit(code)
+
+
+def _answer(
+    ahead: _Ahead, key: bytes, path: str, source: bytes, in_scope: Collection[str]
+) -> SourceResult | None:
+    """The result of one job: from ``ahead``, or computed (None if that raises:
+    the parent computes it, and meets the error itself)."""
+    known = ahead.pop(key, None)
+    if known is not None and known[0] == frozenset(in_scope):
+        return known[1]
+    try:
+        from .codemods.engine import transform_source
+
+        return transform_source(path, source, in_scope)
+    except Exception:
+        return None
 
 
 def _keep_only(*kept: int) -> None:

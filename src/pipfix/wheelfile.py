@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional
 
 from packaging.utils import (
     InvalidWheelFilename,
@@ -71,20 +71,6 @@ class VerifiedWheel:
         return replace(
             self, archive=zipraw.RawArchive((), self.archive.comment), contents={}, records={}
         )
-
-
-class InflationWatcher(Protocol):
-    """A look at a wheel while it is verified, to start work early (the transform
-    helper), never to decide anything: nothing it sees is verified yet."""
-
-    def wants(
-        self, name: str, sha256: str, dist_info: str, archive: zipraw.RawArchive
-    ) -> bool:
-        """Whether to watch this wheel's members (``name``: its file name)."""
-
-    def saw(self, name: str, payload: bytes) -> bool:
-        """Called for each file member, in order, until it returns True (those
-        members are inflated one at a time, the rest as usual)."""
 
 
 _UNDECODED = re.compile(r"[\udc80-\udcff]")
@@ -189,21 +175,9 @@ def _check_zipfile_agrees(path: Path, data: bytes, archive: zipraw.RawArchive) -
 _TWO_THREADS_FROM = 256 * 1024
 
 
-def _read_contents(
-    path: Path, data: bytes, archive: zipraw.RawArchive, watcher: InflationWatcher | None
-) -> dict[str, bytes]:
+def _read_contents(path: Path, data: bytes, archive: zipraw.RawArchive) -> dict[str, bytes]:
     _check_zipfile_agrees(path, data, archive)
     files = [member for member in archive.members if not member.name.endswith("/")]
-    contents: dict[str, bytes] = {}
-    if watcher is not None:  # one at a time, in order, until it has seen what it waits for
-        watched = 0
-        while watched < len(files):
-            member = files[watched]
-            watched += 1
-            _take(path, contents, _inflate([member]))
-            if watcher.saw(member.name, contents[member.name]):
-                break
-        files = files[watched:]
     total = sum(member.compressed_size for member in files)
     split = len(files)
     if total >= _TWO_THREADS_FROM:
@@ -231,18 +205,13 @@ def _read_contents(
             raise crashed[0]
     else:
         earlier = _inflate(files)
-    for inflated in (earlier, *later):  # in member order: the first failure is reported
-        _take(path, contents, inflated)
+    contents: dict[str, bytes] = {}
+    for payloads, failure in (earlier, *later):  # in member order: the first failure is reported
+        contents.update(payloads)
+        if failure is not None:
+            member, exc = failure
+            raise VerificationError(path, f"member {member.name!r} {exc}")
     return contents
-
-
-def _take(path: Path, contents: dict[str, bytes], inflated: _Inflated) -> None:
-    """Add the payloads of ``inflated`` to ``contents``, or raise its failure."""
-    payloads, failure = inflated
-    contents.update(payloads)
-    if failure is not None:
-        member, exc = failure
-        raise VerificationError(path, f"member {member.name!r} {exc}")
 
 
 _Inflated = tuple[dict[str, bytes], Optional[tuple[zipraw.RawMember, zipraw.RawZipError]]]
@@ -358,21 +327,12 @@ def _check_record(
     return entries
 
 
-def verify(
-    path: Path,
-    data: bytes | None = None,
-    *,
-    use_seals: bool = False,
-    watcher: InflationWatcher | None = None,
-) -> VerifiedWheel:
+def verify(path: Path, data: bytes | None = None, *, use_seals: bool = False) -> VerifiedWheel:
     """Read and verify the wheel at ``path`` (or ``data``, named by ``path``).
 
     ``use_seals``: bytes that verified in full under this name before
     (``seals``) are taken as verified, their members inflated when used; bytes
     that verify in full now are sealed.
-
-    ``watcher``: see ``InflationWatcher``; sealed bytes are not watched
-    (nothing is inflated up front).
     """
     try:
         name, version, _build, _tags = parse_wheel_filename(path.name)
@@ -395,18 +355,16 @@ def verify(
         archive = zipraw.read_archive(data)
     except zipraw.RawZipError as exc:
         raise VerificationError(path, f"not a valid zip archive ({exc})") from None
+    if not sealed:
+        _check_members(path, archive)
+    dist_info = _dist_info(path, archive, str(name), str(version))
     contents: Mapping[str, bytes]
     entries: Mapping[str, record.RecordEntry]
     if sealed:
-        dist_info = _dist_info(path, archive, str(name), str(version))
         contents = _Inflating(path, archive)
         entries = _RecordRows(path, f"{dist_info}/RECORD", contents)
     else:
-        _check_members(path, archive)
-        dist_info = _dist_info(path, archive, str(name), str(version))
-        if watcher is not None and not watcher.wants(path.name, sha256, dist_info, archive):
-            watcher = None
-        contents = _read_contents(path, data, archive, watcher)
+        contents = _read_contents(path, data, archive)
         entries = _check_record(path, dist_info, contents)
         if _last_verified is not None:
             _last_verified.remember(archive, contents, entries)
@@ -450,7 +408,7 @@ class _Inflating(Mapping[str, bytes]):
         return len(self._members)
 
 
-class _RecordRows(Mapping[str, record.RecordEntry]):
+class _RecordRows(Mapping[str, "record.RecordEntry"]):
     """The RECORD rows of a sealed wheel, parsed when first asked for."""
 
     def __init__(self, path: Path, record_path: str, contents: Mapping[str, bytes]) -> None:

@@ -1,0 +1,69 @@
+"""A first look at the input wheels, before pipfix verifies them.
+
+The transform helper (``transform_helper``) starts with this look: it finds the
+modules it will most likely be asked to transform, the glibc detection of
+pip, packaging and setuptools above all, and transforms them while pipfix
+itself is still importing and verifying.  So libcst's import, the longest single step of
+a run, starts within milliseconds of the command instead of after it.
+
+Nothing seen here is trusted or decides anything: pipfix verifies every wheel
+in full and asks the helper for exactly the modules its plan needs, by their
+sha256.  A wrong guess costs the helper some time and changes no result.  The
+rules that spare libcst are those of a plan: a wheel pipfix already patched,
+one with a cache entry, or modules the byte pre-filter rules out give nothing
+to transform.  This module imports neither libcst nor pipfix's verification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import cachedir, provenance, zipraw
+from .codemods.prefilter import could_need_change
+
+# The modules pipfix changes in the pip and setuptools releases ensurepip has
+# bundled: their glibc detection (pip's own, packaging's, old setuptools') and
+# setuptools' module-level ctypes import on Windows.
+LIKELY_FILE_NAMES = frozenset({"glibc.py", "_manylinux.py", "tags.py", "windows_support.py"})
+# Bounds of a look (ensurepip's wheels are a few MiB, those modules a few KiB).
+MAX_LOOK_BYTES = 64 * 2**20
+MAX_MODULE_BYTES = 2**20
+
+
+def likely_transforms(paths: Sequence[Path], use_cache: bool) -> list[tuple[str, bytes]]:
+    """(member name, source) of the likely modules (``LIKELY_FILE_NAMES``) the byte
+    pre-filter lets through, in the first of ``paths`` that has any; unverified."""
+    for path in paths:
+        try:
+            found = _likely_in(path, use_cache)
+        except Exception:  # a guess: whatever is wrong, verification will say it
+            continue
+        if found:
+            return found
+    return []
+
+
+def _likely_in(path: Path, use_cache: bool) -> list[tuple[str, bytes]]:
+    if path.stat().st_size > MAX_LOOK_BYTES:
+        return []
+    data = path.read_bytes()
+    archive = zipraw.read_archive(data)
+    names = {member.name for member in archive.members}
+    tops = {name.split("/", 1)[0] for name in names if "/" in name}
+    dist_infos = {top for top in tops if top.endswith(".dist-info")}
+    if any(provenance.member_name(dist_info) in names for dist_info in dist_infos):
+        return []  # patched by pipfix: its plan transforms nothing
+    if use_cache and cachedir.may_hold(path.name, hashlib.sha256(data).hexdigest()):
+        return []  # its plan takes the cached output
+    found = []
+    for member in archive.members:
+        if (
+            member.name.rpartition("/")[2] in LIKELY_FILE_NAMES
+            and member.size <= MAX_MODULE_BYTES
+        ):
+            source = zipraw.read_payload(member)
+            if could_need_change(source):
+                found.append((member.name, source))
+    return found

@@ -1,0 +1,92 @@
+"""The transform helper's first look at the input wheels (``peek``) and the
+results it computes from it ahead of any job (``transform_helper``): it finds
+exactly the modules each pinned wheel's plan changes, nothing where the plan
+runs no codemod (so libcst stays unimported), nothing from damaged input, and
+a job is answered from what it computed only for the same source and scope."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from pipfix import cachedir, patcher, peek, transform_helper
+from pipfix.codemods.engine import transform_source
+from pipfix.codemods.model import SourceResult
+from pipfix.codemods.screen import codemods_in_scope
+from pipfix.patcher import WheelState
+
+PIP = "pip-23.2.1-py3-none-any.whl"
+
+
+def test_the_look_finds_what_each_pinned_plan_changes(pinned_wheels: dict[str, Path]) -> None:
+    for name, path in sorted(pinned_wheels.items()):
+        plan = patcher.plan(path)
+        assert plan.state is WheelState.NEEDS_PATCH, name
+        found = peek.likely_transforms([path], use_cache=False)
+        assert found == [(c.path, c.before) for c in plan.changes], name
+
+
+def test_nothing_to_find_where_the_plan_runs_no_codemod(
+    pinned_wheels: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patched = tmp_path / PIP
+    patched.write_bytes(patcher.plan(pinned_wheels[PIP]).build())
+    assert peek.likely_transforms([patched], use_cache=False) == []
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    wheel = pinned_wheels[PIP]
+    sha256 = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert not cachedir.may_hold(wheel.name, sha256)
+    patcher.plan(wheel, use_cache=True).build()  # leaves a cache entry
+    assert cachedir.may_hold(wheel.name, sha256)
+    assert peek.likely_transforms([wheel], use_cache=True) == []
+    assert len(peek.likely_transforms([wheel], use_cache=False)) == 2
+
+
+def test_damaged_or_missing_inputs_give_nothing_and_the_next_is_looked_at(
+    pinned_wheels: dict[str, Path], tmp_path: Path
+) -> None:
+    data = pinned_wheels[PIP].read_bytes()
+    truncated = tmp_path / "truncated.whl"
+    truncated.write_bytes(data[: len(data) // 2])
+    not_a_zip = tmp_path / "text.whl"
+    not_a_zip.write_text("not a wheel")
+    damaged = tmp_path / "damaged.whl"
+    glibc = data.index(b"pip/_internal/utils/glibc.py")  # its local header's name
+    damaged.write_bytes(data[: glibc + 200] + bytes(64) + data[glibc + 264 :])
+    bad = [tmp_path / "missing.whl", tmp_path, truncated, not_a_zip, damaged]
+    for path in bad:
+        assert peek.likely_transforms([path], use_cache=False) == [], path
+    found = peek.likely_transforms([*bad, pinned_wheels[PIP]], use_cache=False)
+    assert [name for name, _ in found] == [
+        "pip/_internal/utils/glibc.py", "pip/_vendor/packaging/_manylinux.py"
+    ]
+
+
+def test_the_results_ahead_are_the_engines(pinned_wheels: dict[str, Path]) -> None:
+    changes = patcher.plan(pinned_wheels[PIP]).changes
+    ahead = transform_helper.transforms_ahead([pinned_wheels[PIP]], use_cache=False)
+    assert set(ahead) == {hashlib.sha256(c.before).digest() for c in changes}
+    for change in changes:
+        in_scope, result = ahead[hashlib.sha256(change.before).digest()]
+        assert in_scope == codemods_in_scope(change.before)
+        assert result == transform_source(change.path, change.before, in_scope)
+        assert result.source == change.after
+
+
+def test_a_job_is_answered_from_ahead_only_for_the_same_source_and_scope(
+    pinned_wheels: dict[str, Path],
+) -> None:
+    source = patcher.plan(pinned_wheels[PIP]).changes[0].before
+    key, scope = hashlib.sha256(source).digest(), codemods_in_scope(source)
+    marker = SourceResult(b"computed ahead", (), ())
+    ahead = {key: (scope, marker)}
+    assert transform_helper._answer(ahead, key, "mod.py", source, tuple(scope)) is marker
+    narrower = frozenset(sorted(scope)[:1])
+    assert narrower != scope
+    ahead = {key: (scope, marker)}
+    answer = transform_helper._answer(ahead, key, "mod.py", source, narrower)
+    assert answer == transform_source("mod.py", source, narrower)
+    assert transform_helper._answer({}, key, "mod.py", None, scope) is None  # type: ignore[arg-type]

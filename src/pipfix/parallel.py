@@ -20,6 +20,7 @@ each wheel, and the next one, while the helper imports libcst and transforms.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import tempfile
 from collections import deque
@@ -69,13 +70,21 @@ def plan_all(
     import multiprocessing  # with concurrent.futures: 10-20 ms, for runs that fork only
     from concurrent.futures import ProcessPoolExecutor
 
+    import installer.records  # noqa: F401  # every worker parses RECORDs: imported once, here
+
     context = multiprocessing.get_context("fork")
     shared = _shared_directory()
     try:
         with ProcessPoolExecutor(
             max_workers=workers, mp_context=context, initializer=_join_run, initargs=(shared,)
         ) as pool:
-            futures = [pool.submit(_plan_and_build, path, use_cache) for path in paths]
+            # The objects of the imports so far stay in the workers' memory as forked:
+            # a collection there would relink (write) every one of them, copying its page.
+            gc.freeze()
+            try:
+                futures = [pool.submit(_plan_and_build, path, use_cache) for path in paths]
+            finally:
+                gc.unfreeze()
             try:
                 for index, future in enumerate(futures):
                     plans.append(future.result())

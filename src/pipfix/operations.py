@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import parallel, patcher, record, seals, store, swap
+from . import install, parallel, patcher, record, seals, store, swap
 from .errors import (
     EXIT_NEEDS_ATTENTION,
     EXIT_OK,
@@ -28,9 +28,6 @@ from .target import (
     find_installations_under,
     running_interpreter_prefix,
 )
-
-if TYPE_CHECKING:
-    from . import install
 
 
 def _installations(
@@ -149,8 +146,6 @@ def check(
 
 def _patched_wheels(plans: Iterable[WheelPlan]) -> dict[install.WheelKey, install.PatchedWheel]:
     """Patched bytes (and verified payloads) of every ensurepip wheel, by (name, version)."""
-    from . import install  # installer: not before a patch-wheel run starts its helper
-
     patched = {}
     for plan in plans:
         wheel = plan.wheel
@@ -168,8 +163,6 @@ def _bundled_by_version(
     installations: Iterable[Installation], patched: dict[install.WheelKey, install.PatchedWheel]
 ) -> dict[str, list[install.PatchedWheel]]:
     """For --ensurepip: the patched wheels each Python version's ensurepip bundles."""
-    from . import install  # installer: not before a patch-wheel run starts its helper
-
     bundled: dict[str, list[install.PatchedWheel]] = {}
     for installation in installations:
         for lib in installation.libs:
@@ -184,8 +177,6 @@ def _bundled_by_version(
 def _inspect_installs(
     installations: Iterable[Installation], plans: list[WheelPlan]
 ) -> list[install.InstallReport]:
-    from . import install  # installer: not before a patch-wheel run starts its helper
-
     patched = _patched_wheels(plans)
     reports = []
     for installation in installations:
@@ -211,8 +202,6 @@ def apply(
     ``use_cache``: take patched wheels from (and keep them in) the user's cache.
     ``jobs``: most wheels verified and planned at once (``parallel.plan_all``).
     """
-    from . import install  # installer: not before a patch-wheel run starts its helper
-
     installations = _installations(targets, default=dry_run, under=under)
     if dry_run:
         report = check(targets, under=under, use_cache=use_cache, jobs=jobs)
@@ -373,7 +362,6 @@ def diff(items: Sequence[str | Path] = ()) -> str:
 
 def restore(targets: Sequence[str | Path], *, under: str | Path | None = None) -> RunReport:
     """Put back the exact originals: ensurepip wheels and installed distributions."""
-    from . import install
     from .extension_restore import restore_extensions  # ELF code: restore only
 
     installations = _installations(targets, default=False, under=under)

@@ -70,8 +70,6 @@ def plan_all(
     import multiprocessing  # with concurrent.futures: 10-20 ms, for runs that fork only
     from concurrent.futures import ProcessPoolExecutor
 
-    import installer.records  # noqa: F401  # every worker parses RECORDs: imported once, here
-
     context = multiprocessing.get_context("fork")
     shared = _shared_directory()
     try:

@@ -3,10 +3,6 @@
 Rows of members that pipfix does not touch are kept as they were, byte for
 byte (line endings included), so a reviewer's diff of RECORD shows exactly the
 files that changed.
-
-installer is imported when a RECORD is first parsed or written, not with this
-module: a run that patches needs it only after verification started the
-transform helper, and importing it then overlaps libcst's import there.
 """
 
 from __future__ import annotations
@@ -16,24 +12,14 @@ import hashlib
 import io
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from installer.records import Hash, RecordEntry
+from installer.records import Hash, InvalidRecordEntry, RecordEntry
+from installer.utils import copyfileobj_with_hashing
 
 __all__ = [
     "ACCEPTED_HASHES", "SIGNATURE_NAMES", "RecordEntry", "RecordError",
     "entry_for", "matches", "parse", "rewrite", "sha256_hex",
 ]
-
-
-def __getattr__(name: str) -> object:
-    """``record.RecordEntry``: installer's class, imported when first asked for."""
-    if name == "RecordEntry":
-        from installer.records import RecordEntry
-
-        return RecordEntry
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # PEP 427: sha256 or stronger; md5 and sha1 are refused.
 ACCEPTED_HASHES = frozenset({"sha256", "sha384", "sha512"})
@@ -65,8 +51,6 @@ def _digest_ok(hash_: Hash) -> bool:
 
 def parse(text: str) -> dict[str, RecordEntry]:
     """Entries by path; malformed rows, duplicates and weak hashes are errors."""
-    from installer.records import InvalidRecordEntry, RecordEntry
-
     entries: dict[str, RecordEntry] = {}
     try:
         rows = list(csv.reader(io.StringIO(text, newline="")))
@@ -108,9 +92,6 @@ def matches(entry: RecordEntry, payload: bytes) -> bool:
 
 def entry_for(path: str, payload: bytes) -> RecordEntry:
     """A sha256 entry for ``payload``, hashed by installer."""
-    from installer.records import Hash, RecordEntry
-    from installer.utils import copyfileobj_with_hashing
-
     digest, size = copyfileobj_with_hashing(io.BytesIO(payload), io.BytesIO(), "sha256")
     return RecordEntry(path, Hash("sha256", digest), size)
 

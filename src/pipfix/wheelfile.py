@@ -408,7 +408,7 @@ class _Inflating(Mapping[str, bytes]):
         return len(self._members)
 
 
-class _RecordRows(Mapping[str, "record.RecordEntry"]):
+class _RecordRows(Mapping[str, record.RecordEntry]):
     """The RECORD rows of a sealed wheel, parsed when first asked for."""
 
     def __init__(self, path: Path, record_path: str, contents: Mapping[str, bytes]) -> None:

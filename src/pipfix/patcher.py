@@ -4,12 +4,12 @@ The plan is computed fully in memory from a verified wheel, so a command can
 decide everything (and refuse bad input) before it writes a single byte.
 libcst is imported only when the byte pre-filter and the ``ast`` screen find a
 member that could need a change; in a serial run over wheels, by a forked helper
-that starts when the pre-filter first lets a module through, while this
-process goes on verifying and screening (``start_plan``,
-``transforms_in_a_helper``).  Work is shared within a process (a source
-file met in several wheels is transformed once, by whichever worker of a
-parallel run needs it first) and, with ``use_cache``, between runs (``cache``:
-patched outputs by input sha256).
+(``transform_helper``) that finds and transforms the likely modules by itself
+while this process verifies and screens, then answers the modules this
+process sends (``start_plan``, ``transforms_in_a_helper``).  Work is shared
+within a process (a source file met in several wheels is transformed once, by
+whichever worker of a parallel run needs it first) and, with ``use_cache``,
+between runs (``cache``: patched outputs by input sha256).
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ class _TransformCache:
     """Same source bytes, same result: shared between wheels in one process and,
     in a parallel run, between its workers (``share``).
 
-    While ``helping``, a forked ``TransformHelper`` is running: ``prepare``
+    While ``helping`` (with a forked ``TransformHelper`` running), ``prepare``
     screens a module here (no libcst) and sends it there if the codemods apply
     to it; ``transform`` collects.
     """
@@ -191,7 +191,6 @@ class _TransformCache:
     def __init__(self) -> None:
         self._results: dict[bytes, SourceResult] = {}
         self._shared: SharedResults | None = None
-        self._helping = False
         self._helper: TransformHelper | None = None
         # Screened by ``prepare``: the codemods in scope, result still to come.
         self._in_scope: dict[bytes, frozenset[str]] = {}
@@ -206,21 +205,19 @@ class _TransformCache:
         or one forked now to look at ``paths`` first (none where it cannot run)."""
         from . import transform_helper
 
-        self._helping = True
         self._helper = transform_helper.take_early() or transform_helper.TransformHelper.start(
             paths, use_cache
         )
         try:
             yield
         finally:
-            self._helping = False
             if self._helper is not None:
                 self._helper.close()
                 self._helper = None
 
     def prepare(self, path: str, source: bytes) -> None:
-        """While ``helping``: screen ``source`` and start its transform in the helper."""
-        if not self._helping:
+        """While a helper runs: screen ``source`` and start its transform there."""
+        if self._helper is None:
             return  # ``transform`` does it all
         key = hashlib.sha256(source).digest()
         if key in self._results or key in self._in_scope:
@@ -232,8 +229,7 @@ class _TransformCache:
             self._results[key] = SourceResult(source, (), ())
             return
         self._in_scope[key] = in_scope
-        if self._helper is not None:
-            self._helper.submit(key, path, source, in_scope)
+        self._helper.submit(key, path, source, in_scope)
 
     def transform(self, path: str, source: bytes) -> SourceResult:
         key = hashlib.sha256(source).digest()

@@ -213,28 +213,78 @@ _RECORD_STARTS = (
     "import sys\nfrom pipfix import cli, transform_helper\n"
     "start = transform_helper.TransformHelper.start.__func__\n"
     "def recorded(cls, looking_at=(), use_cache=False):\n"
-    "    print('start', 'pipfix.operations' in sys.modules, [str(p) for p in looking_at])\n"
+    "    print('start', sorted(m for m in ('argparse', 'pipfix.operations') if m in sys.modules),\n"
+    "          [str(p) for p in looking_at], use_cache)\n"
     "    return start(cls, looking_at, use_cache)\n"
     "transform_helper.TransformHelper.start = classmethod(recorded)\n"
     "sys.exit(cli.main(sys.argv[1:]))\n"
 )
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_the_command_line_forks_the_helper_before_importing_the_operations(
-    jobs: str, pinned_wheels: dict[str, Path], tmp_path: Path
+@pytest.mark.parametrize(
+    ("jobs", "expected"),
+    [
+        ([], "early"),  # two wheels: serial by default
+        (["-j", "1"], "early"),
+        (["--jobs=1"], "early"),
+        (["-j2"], "none"),
+        (["--job", "2"], "stopped"),  # argparse's abbreviation: read as serial, parsed as not
+    ],
+)
+def test_the_command_line_forks_the_helper_before_parsing_its_arguments(
+    jobs: list[str], expected: str, pinned_wheels: dict[str, Path], tmp_path: Path
 ) -> None:
-    """A serial run (``-j 1``) starts one helper, looking at its wheels, before
-    ``operations`` is imported; a run with workers starts none."""
+    """A serial run starts one helper, looking at its wheels, before argparse or
+    ``operations`` is imported; a run with workers starts none, or stops the one
+    its command line was read to start (and runs as it would without it)."""
     wheels = [str(pinned_wheels[PIP]), str(pinned_wheels[SETUPTOOLS])]
     command = [sys.executable, "-c", _RECORD_STARTS, "patch-wheel", "-q", "--no-cache"]
     result = run(
-        [*command, "-j", jobs, *wheels, "-o", str(tmp_path)], env=clean_env(PYTHONPATH=str(SRC))
+        [*command, *jobs, *wheels, "-o", str(tmp_path)], env=clean_env(PYTHONPATH=str(SRC))
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [PIP, SETUPTOOLS]
     starts = [line for line in result.stdout.splitlines() if line.startswith("start ")]
-    assert starts == ([f"start False {wheels!r}"] if jobs == "1" else []), result.stdout
+    assert starts == ([] if expected == "none" else [f"start [] {wheels!r} False"]), result.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["patch-wheel", "a.whl", "-o", "out"], (["a.whl"], True)),
+        (["patch-wheel", "--no-cache", "a.whl", "b.whl", "--in-place"], (["a.whl", "b.whl"], False)),
+        (["patch-wheel", "-j", "1", *[f"{n}.whl" for n in "abcdefgh"], "-o", "out"],
+         ([f"{n}.whl" for n in "abcdefgh"], True)),
+        (["patch-wheel", "-j", "2", "a.whl", "b.whl", "-o", "out"], None),
+        (["patch-wheel", "--jobs", "x", "a.whl"], None),
+        (["patch-wheel", "--help"], None),
+        (["patch-wheel", "-o", "out"], None),
+        (["patch-wheel", "--", "-a.whl"], None),
+        (["check", "a.whl"], None),
+        ([], None),
+    ],
+)
+def test_the_command_line_read_before_argparse(
+    arguments: list[str], expected: tuple[list[str], bool] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the head start reads; eight wheels would run workers by default."""
+    from pipfix import cli, forking
+
+    monkeypatch.setattr(forking, "usable_cpus", lambda: 2)
+    found = cli._serial_patch_wheel(arguments)
+    assert found == (None if expected is None else ([Path(w) for w in expected[0]], expected[1]))
+    if expected is None or len(expected[0]) < 8:
+        return
+    assert cli._serial_patch_wheel([a for a in arguments if a not in ("-j", "1")]) is None
+
+
+def _gone(pid: int) -> bool:
+    """The child ``pid`` has ended, and is still there to be reaped (not waited for)."""
+    for _ in range(500):
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        threading.Event().wait(0.01)
+    return False
 
 
 def test_an_early_helper_serves_the_run_or_is_stopped(
@@ -246,9 +296,10 @@ def test_an_early_helper_serves_the_run_or_is_stopped(
         assert early is not None
         pid = early.pid
         helped = parallel.plan_all([wheel], jobs=1)
-        assert transform_helper.take_early() is None  # the run took it (and stopped it)
+        assert transform_helper.take_early() is None  # the run took it and stopped it ...
+        assert _gone(pid)  # ... without reaping it
     with pytest.raises(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+        os.waitpid(pid, os.WNOHANG)  # the end of the block did
     patcher._CACHE = patcher._TransformCache()
     alone = patcher.plan(wheel)
     assert helped[0].changes == alone.changes and helped[0].build() == alone.build()

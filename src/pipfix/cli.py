@@ -6,12 +6,14 @@ and a documented exit code, never a traceback.
 
 The operations are imported by each command, not with this module: a serial
 ``patch-wheel`` first forks its transform helper (``transform_helper.started_early``),
-which then imports libcst while this process imports the rest of pipfix.
+which then imports libcst while this process imports the rest of pipfix.  It is
+forked even before argparse is imported and the parser built (``_serial_patch_wheel``
+reads the command line for it); the handler stops it if the parsed command runs
+workers after all.
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import gc
@@ -27,6 +29,8 @@ from ._version import __version__
 from .errors import EXIT_ERROR, EXIT_OK, PipfixError
 
 if TYPE_CHECKING:
+    import argparse
+
     from .reports import RunReport, WheelReport
 
 EXIT_CODES_HELP = """exit codes:
@@ -125,19 +129,19 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 def _cmd_patch_wheel(args: argparse.Namespace) -> int:
     from . import forking, transform_helper
 
-    early: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    if forking.planned_workers(len(args.wheels), args.jobs) < 2:  # a serial run
-        early = transform_helper.started_early([Path(w) for w in args.wheels], not args.no_cache)
-    with early:
-        from . import operations
+    if forking.planned_workers(len(args.wheels), args.jobs) >= 2:
+        helper = transform_helper.take_early()  # workers do the transforms: no helper
+        if helper is not None:
+            helper.close()
+    from . import operations
 
-        report = operations.patch_wheel(
-            args.wheels,
-            args.output,
-            in_place=args.in_place,
-            use_cache=not args.no_cache,
-            jobs=args.jobs,
-        )
+    report = operations.patch_wheel(
+        args.wheels,
+        args.output,
+        in_place=args.in_place,
+        use_cache=not args.no_cache,
+        jobs=args.jobs,
+    )
     _render(report, args)
     return report.exit_code
 
@@ -185,6 +189,8 @@ def _add_cache_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive_int(text: str) -> int:
+    import argparse
+
     try:
         value = int(text)
     except ValueError:
@@ -204,6 +210,8 @@ def _add_output_flags(parser: argparse.ArgumentParser, json_flag: bool = True) -
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="pipfix",
         description="Make the pip and setuptools wheels that ensurepip bundles work on "
@@ -309,8 +317,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _serial_patch_wheel(arguments: Sequence[str]) -> tuple[list[Path], bool] | None:
+    """The wheels of a ``patch-wheel`` command line that runs serially, and whether
+    it may use the cache, read before argparse is even imported: the transform
+    helper's head start.  None for other commands, for ``--help``, or where a
+    ``-j`` value does not read as a number.  A guess never decides anything: the
+    helper only looks at these paths, and the parsed command stops it if it runs
+    workers after all (``_cmd_patch_wheel``)."""
+    from . import forking
+
+    if not arguments or arguments[0] != "patch-wheel" or "--" in arguments:
+        return None
+    wheels: list[Path] = []
+    jobs: int | None = None
+    words = iter(arguments[1:])
+    for word in words:
+        if word in ("-h", "--help"):
+            return None
+        if word in ("-j", "--jobs"):
+            word = "-j" + next(words, "")
+        elif word.startswith("--jobs="):
+            word = "-j" + word[len("--jobs="):]
+        if word.startswith("-j"):
+            if not word[2:].isdigit():
+                return None
+            jobs = int(word[2:])
+        elif word.endswith(".whl") and not word.startswith("-"):
+            wheels.append(Path(word))
+    if not wheels or forking.planned_workers(len(wheels), jobs) >= 2:
+        return None
+    return wheels, "--no-cache" not in arguments
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    early: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    serial = _serial_patch_wheel(arguments)
+    if serial is not None:
+        from . import transform_helper
+
+        early = transform_helper.started_early(*serial)
+    with early:
+        return _parsed_and_run(arguments)
+
+
+def _parsed_and_run(arguments: Sequence[str]) -> int:
+    args = build_parser().parse_args(arguments)
     try:
         code: int = args.handler(args)
         return code

@@ -8,13 +8,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import EXIT_ERROR, PipfixError
+
+if TYPE_CHECKING:
+    import argparse
 
 DOCTOR_EXIT_CODES = """exit codes:
   0  healthy: only informational findings
@@ -83,6 +85,7 @@ def cmd_fix_extensions(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``doctor`` and ``fix-extensions`` to pipfix's subcommands."""
+    import argparse
 
     def command(
         name: str, handler: Callable[[argparse.Namespace], int], text: str, epilog: str
@@ -114,6 +117,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="pipfix")
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)

@@ -205,14 +205,16 @@ class _TransformCache:
         or one forked now to look at ``paths`` first (none where it cannot run)."""
         from . import transform_helper
 
-        self._helper = transform_helper.take_early() or transform_helper.TransformHelper.start(
-            paths, use_cache
-        )
+        early = transform_helper.take_early()
+        self._helper = early or transform_helper.TransformHelper.start(paths, use_cache)
         try:
             yield
         finally:
             if self._helper is not None:
-                self._helper.close()
+                if early is not None:
+                    early.stop()  # ``started_early`` reaps it when the command is done
+                else:
+                    self._helper.close()
                 self._helper = None
 
     def prepare(self, path: str, source: bytes) -> None:

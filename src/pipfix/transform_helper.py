@@ -65,6 +65,7 @@ class TransformHelper:
         self._submitted: set[bytes] = set()
         self._results: dict[bytes, SourceResult | None] = {}
         self._running = True
+        self._killed = False
 
     @classmethod
     def start(
@@ -117,11 +118,22 @@ class TransformHelper:
 
     def close(self) -> None:
         """Stop the helper (it has nothing to save) and reap it."""
+        self.stop()
+        self.reap()
+
+    def stop(self) -> None:
+        """Stop the helper without waiting for it to go (``reap`` does)."""
+        self._stopped()
+        if self._pid != 0 and not self._killed:
+            self._killed = True
+            with contextlib.suppress(OSError):
+                os.kill(self._pid, signal.SIGKILL)
+
+    def reap(self) -> None:
+        """Wait for the stopped helper to be gone."""
         if self._pid == 0:
             return
-        self._stopped()
-        with contextlib.suppress(OSError):
-            os.kill(self._pid, signal.SIGKILL)
+        self.stop()
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self._pid, 0)
         self._pid = 0
@@ -196,15 +208,16 @@ _early: TransformHelper | None = None
 def started_early(looking_at: Sequence[Path], use_cache: bool) -> Iterator[None]:
     """For the command line: fork the helper now, before the rest of pipfix is
     imported, for the serial run made within this block (``take_early`` hands it
-    to that run, which stops it); stopped at the end if no run took it."""
+    to that run, which stops it as soon as its modules are in); stopped if no run
+    took it, and reaped, at the end of the block."""
     global _early
-    _early = TransformHelper.start(looking_at, use_cache)
+    _early = started = TransformHelper.start(looking_at, use_cache)
     try:
         yield
     finally:
-        left = take_early()
-        if left is not None:
-            left.close()
+        take_early()
+        if started is not None:
+            started.reap()  # the run only stopped it: its exit overlapped the run's end
 
 
 def take_early() -> TransformHelper | None:

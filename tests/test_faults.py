@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from hardening import (
     step_lines,
     warm_up,
 )
+from pipfix import store
 
 from conftest import SRC, clean_env, tree_digest
 
@@ -410,6 +412,20 @@ def test_disk_full_changes_nothing(template: Path, small_filesystem, where: str)
     else:
         assert line.startswith(f"pipfix: error: {prefix / '.pipfix' / 'stage-'}"), line
     assert exact_state(prefix) == before
+
+
+def test_an_fsync_that_fails_fails_the_write_once_verification_is_done() -> None:
+    """The fsync runs beside the verification (``store._fsynced_meanwhile``): its
+    error still reaches the write, after the block, and no thread is left."""
+    read_end, write_end = os.pipe()  # fsync refuses a pipe (EINVAL)
+    try:
+        verified = []
+        with pytest.raises(OSError), store._fsynced_meanwhile(write_end):
+            verified.append(True)
+        assert verified and threading.active_count() == 1
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def _immutable(path: Path) -> Iterator[None]:

@@ -7,11 +7,12 @@ a job is answered from what it computed only for the same source and scope."""
 from __future__ import annotations
 
 import hashlib
+import mmap
 from pathlib import Path
 
 import pytest
 
-from pipfix import cachedir, patcher, peek, transform_helper
+from pipfix import cachedir, patcher, peek, transform_helper, zipraw
 from pipfix.codemods.engine import transform_source
 from pipfix.codemods.model import SourceResult
 from pipfix.codemods.screen import codemods_in_scope
@@ -43,6 +44,26 @@ def test_nothing_to_find_where_the_plan_runs_no_codemod(
     assert cachedir.may_hold(wheel.name, sha256)
     assert peek.likely_transforms([wheel], use_cache=True) == []
     assert len(peek.likely_transforms([wheel], use_cache=False)) == 2
+
+
+def test_the_quick_look_reads_members_as_the_full_reader_does(
+    pinned_wheels: dict[str, Path], tmp_path: Path
+) -> None:
+    """``zipraw.find_members``: the same records as ``read_archive`` for the names
+    it is asked about, from bytes or from a map of the file; an empty file gives
+    nothing."""
+    endings = ("/glibc.py", "/RECORD", "/__init__.py")
+    for name, path in sorted(pinned_wheels.items()):
+        data = path.read_bytes()
+        expected = [m for m in zipraw.read_archive(data).members if m.name.endswith(endings)]
+        assert expected and zipraw.find_members(data, endings) == expected, name
+        with path.open("rb") as handle, mmap.mmap(
+            handle.fileno(), 0, access=mmap.ACCESS_READ
+        ) as mapped:
+            assert zipraw.find_members(mapped, endings) == expected, name
+    empty = tmp_path / "empty.whl"
+    empty.write_bytes(b"")
+    assert peek.likely_transforms([empty], use_cache=False) == []
 
 
 def test_damaged_or_missing_inputs_give_nothing_and_the_next_is_looked_at(

@@ -252,7 +252,8 @@ def test_the_command_line_forks_the_helper_before_parsing_its_arguments(
     ("arguments", "expected"),
     [
         (["patch-wheel", "a.whl", "-o", "out"], (["a.whl"], True)),
-        (["patch-wheel", "--no-cache", "a.whl", "b.whl", "--in-place"], (["a.whl", "b.whl"], False)),
+        (["patch-wheel", "--no-cache", "a.whl", "b.whl", "--in-place"],
+         (["a.whl", "b.whl"], False)),
         (["patch-wheel", "-j", "1", *[f"{n}.whl" for n in "abcdefgh"], "-o", "out"],
          ([f"{n}.whl" for n in "abcdefgh"], True)),
         (["patch-wheel", "-j", "2", "a.whl", "b.whl", "-o", "out"], None),

@@ -17,6 +17,8 @@ to transform.  This module imports neither libcst nor pipfix's verification.
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +32,8 @@ LIKELY_FILE_NAMES = frozenset({"glibc.py", "_manylinux.py", "tags.py", "windows_
 # Bounds of a look (ensurepip's wheels are a few MiB, those modules a few KiB).
 MAX_LOOK_BYTES = 64 * 2**20
 MAX_MODULE_BYTES = 2**20
+# The endings of the members a look reads: those modules, and pipfix's provenance record.
+_ENDINGS = (*(f"/{name}" for name in sorted(LIKELY_FILE_NAMES)), provenance.member_name(""))
 
 
 def likely_transforms(paths: Sequence[Path], use_cache: bool) -> list[tuple[str, bytes]]:
@@ -46,24 +50,30 @@ def likely_transforms(paths: Sequence[Path], use_cache: bool) -> list[tuple[str,
 
 
 def _likely_in(path: Path, use_cache: bool) -> list[tuple[str, bytes]]:
-    if path.stat().st_size > MAX_LOOK_BYTES:
-        return []
-    data = path.read_bytes()
-    archive = zipraw.read_archive(data)
-    names = {member.name for member in archive.members}
-    tops = {name.split("/", 1)[0] for name in names if "/" in name}
-    dist_infos = {top for top in tops if top.endswith(".dist-info")}
-    if any(provenance.member_name(dist_info) in names for dist_info in dist_infos):
-        return []  # patched by pipfix: its plan transforms nothing
-    if use_cache and cachedir.may_hold(path.name, hashlib.sha256(data).hexdigest()):
-        return []  # its plan takes the cached output
-    found = []
-    for member in archive.members:
-        if (
-            member.name.rpartition("/")[2] in LIKELY_FILE_NAMES
-            and member.size <= MAX_MODULE_BYTES
-        ):
-            source = zipraw.read_payload(member)
-            if could_need_change(source):
-                found.append((member.name, source))
-    return found
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_LOOK_BYTES:
+            return []
+        # Mapped: the look reads the central directory and a few members, not
+        # the whole file (a file cut short meanwhile ends the helper: SIGBUS).
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            members = zipraw.find_members(data, _ENDINGS)
+            if any(_is_provenance(member.name) for member in members):
+                return []  # patched by pipfix: its plan transforms nothing
+            if use_cache and cachedir.may_hold(path.name, hashlib.sha256(data).hexdigest()):
+                return []  # its plan takes the cached output
+            found = []
+            for member in members:
+                if member.name.rpartition("/")[2] in LIKELY_FILE_NAMES and (
+                    member.size <= MAX_MODULE_BYTES
+                ):
+                    source = zipraw.read_payload(member)
+                    if could_need_change(source):
+                        found.append((member.name, source))
+            return found
+
+
+def _is_provenance(name: str) -> bool:
+    """pipfix's provenance record in a top-level ``.dist-info`` directory."""
+    top, _, _ = name.partition("/")
+    return top.endswith(".dist-info") and name == provenance.member_name(top)

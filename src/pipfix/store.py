@@ -1,8 +1,8 @@
 """Safe writes: exact backups, atomic replacement, and a lock per target.
 
 Every file pipfix changes goes through ``replace_atomically``: the new bytes go
-to a temporary file in the same directory, are verified, fsynced, and only
-then renamed over the old file, so a crash leaves either the old or the new
+to a temporary file in the same directory, are verified and fsynced (at the
+same time), and only then renamed over the old file, so a crash leaves either the old or the new
 file, never a torn one. Backups sit in a ``.pipfix`` directory next to the
 file, where ensurepip never looks (it only picks ``pip-*.whl`` /
 ``setuptools-*.whl`` from the wheel directory itself).
@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,11 +117,11 @@ class PreparedReplace:
             with self._temporary.open("xb") as handle:
                 handle.write(data)
                 handle.flush()
-                os.fsync(handle.fileno())
-            if path.exists():
-                shutil.copymode(path, self._temporary)
-            if verify is not None:
-                verify(self._temporary)
+                with _fsynced_meanwhile(handle.fileno()):
+                    if path.exists():
+                        shutil.copymode(path, self._temporary)
+                    if verify is not None:
+                        verify(self._temporary)
         except BaseException as exc:
             self.discard()
             if isinstance(exc, OSError):
@@ -150,6 +151,28 @@ class PreparedReplace:
             # Nothing of this write stays in a state directory it created (an
             # output directory of patch-wheel keeps only the wheels).
             clean_state_dir(self._state)
+
+
+@contextlib.contextmanager
+def _fsynced_meanwhile(fd: int) -> Iterator[None]:
+    """``fsync(fd)`` in a thread while the block runs (verification reads the page
+    cache, not the disk); the block's end waits for it and raises its error."""
+    failed: list[OSError] = []
+
+    def sync() -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=sync, name="pipfix-fsync")
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def ensure_backup(path: Path, original: bytes) -> Path:

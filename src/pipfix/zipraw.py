@@ -18,10 +18,15 @@ most what it declares) and checks that the data ends exactly there.
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Union
+
+# What the reader reads: a file's bytes, or a map of the file (slices are bytes).
+Buffer = Union[bytes, mmap.mmap]
 
 _EOCD = struct.Struct("<4s4H2LH")
 _EOCD_SIG = b"PK\x05\x06"
@@ -93,14 +98,14 @@ class RawArchive:
     comment: bytes
 
 
-def _find_eocd(data: bytes) -> int:
+def _find_eocd(data: Buffer) -> int:
     start = data.rfind(_EOCD_SIG, max(0, len(data) - 65557))
     if start < 0 or start + _EOCD.size > len(data):
         raise RawZipError("no end of central directory record")
     return start
 
 
-def _local_span(data: bytes, offset: int, central: tuple[int, ...], name: bytes) -> bytes:
+def _local_span(data: Buffer, offset: int, central: tuple[int, ...], name: bytes) -> bytes:
     header = data[offset : offset + _LOCAL.size]
     if len(header) < _LOCAL.size:
         raise RawZipError("local header past end of file")
@@ -128,60 +133,93 @@ def _decode_name(raw: bytes, flags: int) -> str:
 
 def read_archive(data: bytes) -> RawArchive:
     """Split ``data`` into raw member records, in central directory order."""
-    eocd_at = _find_eocd(data)
-    _sig, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, comment_len = _EOCD.unpack(
-        data[eocd_at : eocd_at + _EOCD.size]
+    directory = _Directory.read(data)
+    members = [_member(data, *entry) for entry in directory.entries(data)]
+    _check_layout(
+        [(m.offset, m.offset + len(m.local), m.name) for m in members], directory.offset
     )
-    if disk or cd_disk or n_disk != n_total or n_total == 0xFFFF or cd_offset == 0xFFFFFFFF:
-        raise RawZipError("multi-disk or ZIP64 archives are not supported")
-    if eocd_at + _EOCD.size + comment_len != len(data):
-        raise RawZipError("data after the end of central directory record")
-    if cd_offset + cd_size != eocd_at:
-        raise RawZipError("central directory does not end where its end record starts")
-    comment = data[eocd_at + _EOCD.size : eocd_at + _EOCD.size + comment_len]
-    members = []
-    spans = []
-    pos = cd_offset
-    for _ in range(n_total):
-        fixed = data[pos : pos + _CENTRAL.size]
-        if len(fixed) < _CENTRAL.size or fixed[:4] != _CENTRAL_SIG:
-            raise RawZipError("bad central directory entry")
-        fields = _CENTRAL.unpack(fixed)
-        name_len, extra_len, comment_len2 = fields[10], fields[11], fields[12]
-        end = pos + _CENTRAL.size + name_len + extra_len + comment_len2
-        name_bytes = data[pos + _CENTRAL.size : pos + _CENTRAL.size + name_len]
-        extra = data[pos + _CENTRAL.size + name_len : pos + _CENTRAL.size + name_len + extra_len]
-        if end > cd_offset + cd_size:
-            raise RawZipError("central directory entry past its end")
-        flags = fields[3]
-        name = _decode_name(name_bytes, flags)
-        local = _local_span(data, fields[16], fields, name_bytes)
-        spans.append((fields[16], fields[16] + len(local), name))
-        members.append(
-            RawMember(
-                name=name,
-                flags=flags,
-                method=fields[4],
-                dos_time=fields[5],
-                dos_date=fields[6],
-                crc=fields[7],
-                compressed_size=fields[8],
-                size=fields[9],
-                create_version=fields[1],
-                extract_version=fields[2],
-                internal_attr=fields[14],
-                external_attr=fields[15],
-                extra=extra,
-                comment=data[end - comment_len2 : end],
-                central=data[pos:end],
-                local=local,
-            )
+    return RawArchive(tuple(members), directory.comment)
+
+
+def find_members(data: Buffer, endings: tuple[str, ...]) -> list[RawMember]:
+    """The members whose names end with one of ``endings`` (ASCII), read as
+    ``read_archive`` reads them, but neither the other members' records nor the
+    layout are checked: a quick look at a few members of an archive nothing else
+    is taken from yet."""
+    raw_endings = tuple(ending.encode("ascii") for ending in endings)
+    directory = _Directory.read(data)
+    return [
+        _member(data, *entry)
+        for entry in directory.entries(data)
+        if entry[2].endswith(raw_endings)  # ASCII: the same in UTF-8 and cp437 names
+    ]
+
+
+class _Directory(NamedTuple):
+    """The central directory, as the end record places it."""
+
+    offset: int
+    size: int
+    entry_count: int
+    comment: bytes
+
+    @classmethod
+    def read(cls, data: Buffer) -> _Directory:
+        eocd_at = _find_eocd(data)
+        _sig, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, comment_len = _EOCD.unpack(
+            data[eocd_at : eocd_at + _EOCD.size]
         )
-        pos = end
-    if pos != cd_offset + cd_size:
-        raise RawZipError("central directory holds more than its entries")
-    _check_layout(spans, cd_offset)
-    return RawArchive(tuple(members), comment)
+        if disk or cd_disk or n_disk != n_total or n_total == 0xFFFF or cd_offset == 0xFFFFFFFF:
+            raise RawZipError("multi-disk or ZIP64 archives are not supported")
+        if eocd_at + _EOCD.size + comment_len != len(data):
+            raise RawZipError("data after the end of central directory record")
+        if cd_offset + cd_size != eocd_at:
+            raise RawZipError("central directory does not end where its end record starts")
+        comment = data[eocd_at + _EOCD.size : eocd_at + _EOCD.size + comment_len]
+        return cls(cd_offset, cd_size, n_total, comment)
+
+    def entries(self, data: Buffer) -> Iterator[tuple[int, tuple[int, ...], bytes, int]]:
+        """(start, fixed fields, raw name, end) of each entry, checked to lie within."""
+        pos = self.offset
+        limit = self.offset + self.size
+        for _ in range(self.entry_count):
+            fixed = data[pos : pos + _CENTRAL.size]
+            if len(fixed) < _CENTRAL.size or fixed[:4] != _CENTRAL_SIG:
+                raise RawZipError("bad central directory entry")
+            fields = _CENTRAL.unpack(fixed)
+            name_end = pos + _CENTRAL.size + fields[10]
+            end = name_end + fields[11] + fields[12]
+            if end > limit:
+                raise RawZipError("central directory entry past its end")
+            yield pos, fields, data[pos + _CENTRAL.size : name_end], end
+            pos = end
+        if pos != limit:
+            raise RawZipError("central directory holds more than its entries")
+
+
+def _member(
+    data: Buffer, pos: int, fields: tuple[int, ...], name_bytes: bytes, end: int
+) -> RawMember:
+    name_len, extra_len, comment_len = fields[10], fields[11], fields[12]
+    flags = fields[3]
+    return RawMember(
+        name=_decode_name(name_bytes, flags),
+        flags=flags,
+        method=fields[4],
+        dos_time=fields[5],
+        dos_date=fields[6],
+        crc=fields[7],
+        compressed_size=fields[8],
+        size=fields[9],
+        create_version=fields[1],
+        extract_version=fields[2],
+        internal_attr=fields[14],
+        external_attr=fields[15],
+        extra=data[pos + _CENTRAL.size + name_len : pos + _CENTRAL.size + name_len + extra_len],
+        comment=data[end - comment_len : end],
+        central=data[pos:end],
+        local=_local_span(data, fields[16], fields, name_bytes),
+    )
 
 
 def _check_layout(spans: list[tuple[int, int, str]], cd_offset: int) -> None:

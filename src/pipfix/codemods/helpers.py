@@ -141,8 +141,8 @@ _NODE = (cst.CSTNode,)
 def _is_a(kind: type, classes: tuple[type, ...]) -> bool:
     """``issubclass(kind, classes)`` for libcst's node classes, which register no
     virtual subclasses.  They are ABCs: ``isinstance`` against one walks its
-    subclasses and registry once for each new type it is asked about, which was
-    a fifth of the first transform in a fresh process (the helper's case)."""
+    subclasses and registry once for each new type it is asked about: ~3.5 ms of
+    the first transform in a fresh process (the helper's case)."""
     return any(cls in kind.__mro__ for cls in classes)
 
 

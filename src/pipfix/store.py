@@ -2,10 +2,10 @@
 
 Every file pipfix changes goes through ``replace_atomically``: the new bytes go
 to a temporary file in the same directory, are verified and fsynced (at the
-same time), and only then renamed over the old file, so a crash leaves either the old or the new
-file, never a torn one. Backups sit in a ``.pipfix`` directory next to the
-file, where ensurepip never looks (it only picks ``pip-*.whl`` /
-``setuptools-*.whl`` from the wheel directory itself).
+same time), and only then renamed over the old file, so a crash leaves either
+the old or the new file, never a torn one. Backups sit in a ``.pipfix``
+directory next to the file, where ensurepip never looks (it only picks
+``pip-*.whl`` / ``setuptools-*.whl`` from the wheel directory itself).
 """
 
 from __future__ import annotations

@@ -134,10 +134,14 @@ def _decode_name(raw: bytes, flags: int) -> str:
 def read_archive(data: bytes) -> RawArchive:
     """Split ``data`` into raw member records, in central directory order."""
     directory = _Directory.read(data)
-    members = [_member(data, *entry) for entry in directory.entries(data)]
-    _check_layout(
-        [(m.offset, m.offset + len(m.local), m.name) for m in members], directory.offset
-    )
+    members = []
+    spans = []
+    for entry in directory.entries(data):
+        member = _member(data, *entry)
+        offset = entry[1][16]
+        spans.append((offset, offset + len(member.local), member.name))
+        members.append(member)
+    _check_layout(spans, directory.offset)
     return RawArchive(tuple(members), directory.comment)
 
 

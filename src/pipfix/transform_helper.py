@@ -130,7 +130,7 @@ class TransformHelper:
                 os.kill(self._pid, signal.SIGKILL)
 
     def reap(self) -> None:
-        """Wait for the stopped helper to be gone."""
+        """Stop the helper if it still runs, and wait for it to be gone."""
         if self._pid == 0:
             return
         self.stop()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import struct
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -372,25 +371,12 @@ def plan(path: Path, data: bytes | None = None, *, use_cache: bool = False) -> W
     return start_plan(path, data, use_cache=use_cache)()
 
 
-_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
-
-
 def _inflate(path: Path, member: zipraw.RawMember) -> bytes:
-    """The payload of a member the rebuild wrote, checked against its CRC and size."""
-    header = _LOCAL_HEADER.unpack_from(member.local)
-    start = _LOCAL_HEADER.size + header[9] + header[10]
-    stored = member.local[start : start + member.compressed_size]
+    """The payload of a member the rebuild wrote, checked as every member read is."""
     try:
-        if member.method == zipraw.STORED:
-            payload = stored
-        else:
-            inflater = zlib.decompressobj(-15)
-            payload = inflater.decompress(stored, member.size + 1)
-    except zlib.error as exc:
-        raise VerificationError(path, f"rebuilt member {member.name} is corrupt ({exc})") from None
-    if len(payload) != member.size or zlib.crc32(payload) != member.crc:
-        raise VerificationError(path, f"rebuilt member {member.name} fails its CRC or size")
-    return payload
+        return zipraw.read_payload(member)
+    except zipraw.RawZipError as exc:
+        raise VerificationError(path, f"rebuilt member {member.name} {exc}") from None
 
 
 def verify_rebuilt(path: Path, data: bytes, expected: WheelPlan) -> None:

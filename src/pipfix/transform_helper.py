@@ -65,7 +65,6 @@ class TransformHelper:
         self._submitted: set[bytes] = set()
         self._results: dict[bytes, SourceResult | None] = {}
         self._running = True
-        self._killed = False
 
     @classmethod
     def start(
@@ -116,21 +115,15 @@ class TransformHelper:
         self._exchange(wait_for=key)
         return self._results.pop(key, None)
 
-    def close(self) -> None:
-        """Stop the helper (it has nothing to save) and reap it."""
-        self.stop()
-        self.reap()
-
     def stop(self) -> None:
-        """Stop the helper without waiting for it to go (``reap`` does)."""
+        """Stop the helper (it has nothing to save) without waiting for it to go."""
         self._stopped()
-        if self._pid != 0 and not self._killed:
-            self._killed = True
+        if self._pid != 0:  # not reaped: the pid is still this child's
             with contextlib.suppress(OSError):
                 os.kill(self._pid, signal.SIGKILL)
 
-    def reap(self) -> None:
-        """Stop the helper if it still runs, and wait for it to be gone."""
+    def close(self) -> None:
+        """Stop the helper if it still runs, and reap it."""
         if self._pid == 0:
             return
         self.stop()
@@ -217,7 +210,7 @@ def started_early(looking_at: Sequence[Path], use_cache: bool) -> Iterator[None]
     finally:
         take_early()
         if started is not None:
-            started.reap()  # the run only stopped it: its exit overlapped the run's end
+            started.close()  # the run only stopped it: its exit overlapped the run's end
 
 
 def take_early() -> TransformHelper | None:

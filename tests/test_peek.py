@@ -7,6 +7,7 @@ a job is answered from what it computed only for the same source and scope."""
 from __future__ import annotations
 
 import hashlib
+import marshal
 import mmap
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from pipfix import cachedir, patcher, peek, transform_helper, zipraw
 from pipfix.codemods.engine import transform_source
-from pipfix.codemods.model import SourceResult
+from pipfix.codemods.model import SourceResult, Unpatchable
 from pipfix.codemods.screen import codemods_in_scope
 from pipfix.patcher import WheelState
 
@@ -89,9 +90,10 @@ def test_damaged_or_missing_inputs_give_nothing_and_the_next_is_looked_at(
 def test_the_results_ahead_are_the_engines(pinned_wheels: dict[str, Path]) -> None:
     changes = patcher.plan(pinned_wheels[PIP]).changes
     ahead = transform_helper.transforms_ahead([pinned_wheels[PIP]], use_cache=False)
-    assert set(ahead) == {hashlib.sha256(c.before).digest() for c in changes}
+    assert set(ahead) == {c.before for c in changes}
     for change in changes:
-        in_scope, result = ahead[hashlib.sha256(change.before).digest()]
+        in_scope, wire = ahead[change.before]
+        result = transform_helper._from_wire(wire)
         assert in_scope == codemods_in_scope(change.before)
         assert result == transform_source(change.path, change.before, in_scope)
         assert result.source == change.after
@@ -101,13 +103,26 @@ def test_a_job_is_answered_from_ahead_only_for_the_same_source_and_scope(
     pinned_wheels: dict[str, Path],
 ) -> None:
     source = patcher.plan(pinned_wheels[PIP]).changes[0].before
-    key, scope = hashlib.sha256(source).digest(), codemods_in_scope(source)
-    marker = SourceResult(b"computed ahead", (), ())
-    ahead = {key: (scope, marker)}
-    assert transform_helper._answer(ahead, key, "mod.py", source, tuple(scope)) is marker
+    scope = codemods_in_scope(source)
+    marker = transform_helper._to_wire(SourceResult(b"computed ahead", (), ()))
+    ahead = {source: (scope, marker)}
+    assert transform_helper._answer(ahead, "mod.py", source, tuple(scope)) is marker
+    other = source + b"\n"  # another source, same scope: computed, not the marker
+    ahead = {source: (scope, marker)}
+    answer = transform_helper._answer(ahead, "mod.py", other, tuple(scope))
+    assert answer == transform_helper._to_wire(transform_source("mod.py", other, scope))
     narrower = frozenset(sorted(scope)[:1])
     assert narrower != scope
-    ahead = {key: (scope, marker)}
-    answer = transform_helper._answer(ahead, key, "mod.py", source, narrower)
-    assert answer == transform_source("mod.py", source, narrower)
-    assert transform_helper._answer({}, key, "mod.py", None, scope) is None  # type: ignore[arg-type]
+    ahead = {source: (scope, marker)}
+    answer = transform_helper._answer(ahead, "mod.py", source, narrower)
+    assert answer == transform_helper._to_wire(transform_source("mod.py", source, narrower))
+    assert transform_helper._answer({}, "mod.py", None, scope) is None  # type: ignore[arg-type]
+
+
+def test_results_cross_the_pipe_unchanged() -> None:
+    """What ``marshal`` carries back is the engine's result, reports included."""
+    result = SourceResult(
+        b"patched", ("dlopen-self", "ctypes-import"), (Unpatchable("m.py", 3, "why"),)
+    )
+    wire = transform_helper._to_wire(result)
+    assert transform_helper._from_wire(marshal.loads(marshal.dumps(wire))) == result

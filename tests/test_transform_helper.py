@@ -213,7 +213,8 @@ _RECORD_STARTS = (
     "import sys\nfrom pipfix import cli, transform_helper\n"
     "start = transform_helper.TransformHelper.start.__func__\n"
     "def recorded(cls, looking_at=(), use_cache=False):\n"
-    "    print('start', sorted(m for m in ('argparse', 'pipfix.operations') if m in sys.modules),\n"
+    "    print('start', sorted(m for m in ('argparse', 'pipfix.operations', 'hashlib', 'pickle')\n"
+    "                 if m in sys.modules),\n"
     "          [str(p) for p in looking_at], use_cache)\n"
     "    return start(cls, looking_at, use_cache)\n"
     "transform_helper.TransformHelper.start = classmethod(recorded)\n"
@@ -234,8 +235,9 @@ _RECORD_STARTS = (
 def test_the_command_line_forks_the_helper_before_parsing_its_arguments(
     jobs: list[str], expected: str, pinned_wheels: dict[str, Path], tmp_path: Path
 ) -> None:
-    """A serial run starts one helper, looking at its wheels, before argparse or
-    ``operations`` is imported; a run with workers starts none, or stops the one
+    """A serial run starts one helper, looking at its wheels, before argparse,
+    ``operations``, hashlib or pickle is imported (the helper needs none of them
+    on the way to its answers); a run with workers starts none, or stops the one
     its command line was read to start (and runs as it would without it)."""
     wheels = [str(pinned_wheels[PIP]), str(pinned_wheels[SETUPTOOLS])]
     command = [sys.executable, "-c", _RECORD_STARTS, "patch-wheel", "-q", "--no-cache"]

@@ -16,13 +16,12 @@ to transform.  This module imports neither libcst nor pipfix's verification.
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import cachedir, provenance, zipraw
+from . import provenance, zipraw
 from .codemods.prefilter import could_need_change
 
 # The modules pipfix changes in the pip and setuptools releases ensurepip has
@@ -60,7 +59,7 @@ def _likely_in(path: Path, use_cache: bool) -> list[tuple[str, bytes]]:
             members = zipraw.find_members(data, _ENDINGS)
             if any(_is_provenance(member.name) for member in members):
                 return []  # patched by pipfix: its plan transforms nothing
-            if use_cache and cachedir.may_hold(path.name, hashlib.sha256(data).hexdigest()):
+            if use_cache and _may_be_cached(path.name, data):
                 return []  # its plan takes the cached output
             found = []
             for member in members:
@@ -71,6 +70,16 @@ def _likely_in(path: Path, use_cache: bool) -> list[tuple[str, bytes]]:
                     if could_need_change(source):
                         found.append((member.name, source))
             return found
+
+
+def _may_be_cached(name: str, data: mmap.mmap) -> bool:
+    """A cache entry may exist for this wheel (imported here: a run without the
+    cache needs neither hashlib nor the cache's naming)."""
+    import hashlib
+
+    from . import cachedir
+
+    return cachedir.may_hold(name, hashlib.sha256(data).hexdigest())
 
 
 def _is_provenance(name: str) -> bool:

@@ -14,8 +14,10 @@ The helper only computes.  It keeps no inherited descriptor but its two pipes
 and standard error (an inherited ``flock`` descriptor would hold this
 process's locks), writes nothing but its answers, never collects this
 process's objects, and leaves with ``os._exit`` (no exit handlers, no flushing
-of inherited buffers).  Its answers are unpickled: they come from this
-process's own child, over a pipe no other process holds.  Every failure of the
+of inherited buffers).  Jobs and answers cross the pipes as ``marshal`` data
+(bytes, strings and tuples; ``marshal`` is built in, where ``pickle`` and
+``hashlib`` would be imports on the way to the helper's first answer): they come
+from this process's own child, over a pipe no other process holds.  Every failure of the
 helper (it cannot start, it dies, a transform raises there) leaves the module
 to this process, which then does exactly what it does without a helper: a
 helper can make a run faster, never different.
@@ -25,9 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
+import marshal
 import os
-import pickle
 import select
 import signal
 import struct
@@ -40,7 +41,10 @@ from .forking import fork_is_safe, usable_cpus
 if TYPE_CHECKING:
     from .codemods.model import SourceResult
 
-    _Ahead = dict[bytes, tuple[frozenset[str], SourceResult]]
+    # A result as it crosses a pipe: (source, applied, ((path, line, reason), ...)).
+    _Wire = tuple[bytes, tuple[str, ...], tuple[tuple[str, int, str], ...]]
+    # Results computed ahead, by the source they were computed from.
+    _Ahead = dict[bytes, tuple[frozenset[str], "_Wire"]]
 
 _LENGTH = struct.Struct("!Q")
 _CHUNK = 1 << 16
@@ -104,7 +108,7 @@ class TransformHelper:
         if not self._running or key in self._submitted:
             return
         self._submitted.add(key)
-        job = pickle.dumps((key, path, source, tuple(in_scope)), pickle.HIGHEST_PROTOCOL)
+        job = marshal.dumps((key, path, source, tuple(in_scope)))
         self._outgoing += _LENGTH.pack(len(job)) + job
         self._exchange(wait_for=None)
 
@@ -183,9 +187,9 @@ class TransformHelper:
             end = _LENGTH.size + length
             if len(self._incoming) < end:
                 return
-            key, result = pickle.loads(self._incoming[_LENGTH.size : end])
+            key, wire = marshal.loads(self._incoming[_LENGTH.size : end])
             del self._incoming[:end]
-            self._results[key] = result
+            self._results[key] = None if wire is None else _from_wire(wire)
 
 
 def _close(*fds: int) -> None:
@@ -220,9 +224,26 @@ def take_early() -> TransformHelper | None:
     return taken
 
 
+def _to_wire(result: SourceResult) -> _Wire:
+    return (
+        result.source,
+        result.applied,
+        tuple((u.path, u.line, u.reason) for u in result.unpatchable),
+    )
+
+
+def _from_wire(wire: _Wire) -> SourceResult:
+    from .codemods.model import SourceResult, Unpatchable
+
+    source, applied, unpatchable = wire
+    return SourceResult(
+        source, tuple(applied), tuple(Unpatchable(*report) for report in unpatchable)
+    )
+
+
 def transforms_ahead(looking_at: Sequence[Path], use_cache: bool) -> _Ahead:
     """What the helper computes before any job: the results of the modules ``peek``
-    finds, by their sha256 (with the codemods in scope for them), so that the job
+    finds, by their source (with the codemods in scope for them), so that the job
     that asks for one, with the same codemods in scope, is answered at once."""
     from .codemods.screen import codemods_in_scope
     from .peek import likely_transforms
@@ -235,9 +256,7 @@ def transforms_ahead(looking_at: Sequence[Path], use_cache: bool) -> _Ahead:
         from .codemods.engine import transform_source  # libcst: due, the pre-filter let it by
 
         with contextlib.suppress(Exception):  # the job then computes it (and fails) itself
-            ahead[hashlib.sha256(source).digest()] = (
-                in_scope, transform_source(path, source, in_scope)
-            )
+            ahead[source] = (in_scope, _to_wire(transform_source(path, source, in_scope)))
     return ahead
 
 
@@ -256,10 +275,8 @@ def _serve(jobs: int, answers: int, looking_at: Sequence[Path], use_cache: bool)
                 if len(header) < _LENGTH.size:
                     break
                 (length,) = _LENGTH.unpack(header)
-                key, path, source, in_scope = pickle.loads(reader.read(length))
-                answer = pickle.dumps(
-                    (key, _answer(ahead, key, path, source, in_scope)), pickle.HIGHEST_PROTOCOL
-                )
+                key, path, source, in_scope = marshal.loads(reader.read(length))
+                answer = marshal.dumps((key, _answer(ahead, path, source, in_scope)))
                 writer.write(_LENGTH.pack(len(answer)) + answer)
                 writer.flush()
         code = 0
@@ -268,17 +285,17 @@ def _serve(jobs: int, answers: int, looking_at: Sequence[Path], use_cache: bool)
 
 
 def _answer(
-    ahead: _Ahead, key: bytes, path: str, source: bytes, in_scope: Collection[str]
-) -> SourceResult | None:
+    ahead: _Ahead, path: str, source: bytes, in_scope: Collection[str]
+) -> _Wire | None:
     """The result of one job: from ``ahead``, or computed (None if that raises:
     the parent computes it, and meets the error itself)."""
-    known = ahead.pop(key, None)
-    if known is not None and known[0] == frozenset(in_scope):
-        return known[1]
     try:
+        known = ahead.pop(source, None)
+        if known is not None and known[0] == frozenset(in_scope):
+            return known[1]
         from .codemods.engine import transform_source
 
-        return transform_source(path, source, in_scope)
+        return _to_wire(transform_source(path, source, in_scope))
     except Exception:
         return None
 

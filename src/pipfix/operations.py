@@ -3,6 +3,10 @@
 Each command plans every wheel first (verify, classify, compute the patch in
 memory) and only then writes, under the target's lock; bad input therefore
 stops a run before anything on disk changes.
+
+The commands on installations import what they need of them (``target``,
+``install``, ``swap``) when they run: ``patch-wheel`` and ``diff`` of wheel
+files never load the reinstall machinery.
 """
 
 from __future__ import annotations
@@ -10,9 +14,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import install, parallel, patcher, record, seals, store, swap
+from . import parallel, patcher, record, seals, store
 from .errors import (
     EXIT_NEEDS_ATTENTION,
     EXIT_OK,
@@ -22,17 +26,17 @@ from .errors import (
 )
 from .patcher import WheelPlan, WheelState
 from .reports import RunReport, WheelReport
-from .target import (
-    Installation,
-    find_installation,
-    find_installations_under,
-    running_interpreter_prefix,
-)
+
+if TYPE_CHECKING:
+    from . import install
+    from .target import Installation
 
 
 def _installations(
     targets: Sequence[str | Path], *, default: bool, under: str | Path | None = None
 ) -> list[Installation]:
+    from .target import find_installation, find_installations_under, running_interpreter_prefix
+
     if under is not None:
         return [*find_installations_under(Path(under)), *(find_installation(t) for t in targets)]
     if not targets:
@@ -146,6 +150,8 @@ def check(
 
 def _patched_wheels(plans: Iterable[WheelPlan]) -> dict[install.WheelKey, install.PatchedWheel]:
     """Patched bytes (and verified payloads) of every ensurepip wheel, by (name, version)."""
+    from . import install
+
     patched = {}
     for plan in plans:
         wheel = plan.wheel
@@ -163,6 +169,8 @@ def _bundled_by_version(
     installations: Iterable[Installation], patched: dict[install.WheelKey, install.PatchedWheel]
 ) -> dict[str, list[install.PatchedWheel]]:
     """For --ensurepip: the patched wheels each Python version's ensurepip bundles."""
+    from . import install
+
     bundled: dict[str, list[install.PatchedWheel]] = {}
     for installation in installations:
         for lib in installation.libs:
@@ -177,6 +185,8 @@ def _bundled_by_version(
 def _inspect_installs(
     installations: Iterable[Installation], plans: list[WheelPlan]
 ) -> list[install.InstallReport]:
+    from . import install
+
     patched = _patched_wheels(plans)
     reports = []
     for installation in installations:
@@ -202,6 +212,8 @@ def apply(
     ``use_cache``: take patched wheels from (and keep them in) the user's cache.
     ``jobs``: most wheels verified and planned at once (``parallel.plan_all``).
     """
+    from . import install, swap
+
     installations = _installations(targets, default=dry_run, under=under)
     if dry_run:
         report = check(targets, under=under, use_cache=use_cache, jobs=jobs)
@@ -317,6 +329,8 @@ def _undo_wheel_write(plan: WheelPlan) -> Undo:
 
 def _undo_new_installs(installation: Installation) -> Undo:
     """Restore the installed distributions this run swapped in (not earlier runs')."""
+    from . import swap
+
     installs_dir = installation.state_dir / swap.INSTALLS
     before = set(installs_dir.glob("*")) if installs_dir.is_dir() else set()
 
@@ -362,6 +376,7 @@ def diff(items: Sequence[str | Path] = ()) -> str:
 
 def restore(targets: Sequence[str | Path], *, under: str | Path | None = None) -> RunReport:
     """Put back the exact originals: ensurepip wheels and installed distributions."""
+    from . import install, swap
     from .extension_restore import restore_extensions  # ELF code: restore only
 
     installations = _installations(targets, default=False, under=under)

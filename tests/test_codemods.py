@@ -1294,6 +1294,37 @@ def test_screen_never_hides_a_change_or_a_report() -> None:
     assert ruled_out > len(sources) // 2  # the screen does rule most of them out
 
 
+# Sources ``ast.parse`` accepts and CPython's compiler refuses, one per check after parsing.
+NOT_COMPILING = [
+    b"import ctypes\nreturn None\n",
+    b"import ctypes\nnonlocal ctypes\n",
+    b"import ctypes\ndef f(a, a):\n    ctypes.CDLL(None)\n",
+    b"import ctypes\nbreak\n",
+    b"import ctypes\nawait ctypes.CDLL(None)\n",
+    b"import ctypes\nyield ctypes.CDLL(None)\n",
+    b"import ctypes\ndef f():\n    x = 1\n    global x\n    ctypes.CDLL(None)\n",
+    b"gnu_get_libc_version = 1\nimport ctypes\nfrom __future__ import braces\n",
+]
+
+
+def test_the_screens_tree_compiles_as_the_source_does() -> None:
+    """The engine compiles the tree the screen parsed instead of the source: same
+    verdict, same report, for every screened source and every kind of refusal."""
+    from pipfix.codemods import engine, screen
+
+    sources = [*_screened_sources(), *NOT_COMPILING]
+    refused = 0
+    for source in sources:
+        in_scope, parsed = screen.screen(source)
+        assert in_scope == screen.codemods_in_scope(source)
+        if parsed is None:
+            continue
+        from_tree = engine.transform_source("m.py", source, screen.ALL, parsed)
+        assert from_tree == engine.transform_source("m.py", source, screen.ALL), source[:200]
+        refused += any("cannot parse" in u.reason for u in from_tree.unpatchable)
+    assert refused >= len(NOT_COMPILING) + 1  # and SCREEN_EXTRA's misplaced __future__
+
+
 # --- the tree search skips formatting only -----------------------------------------------
 
 

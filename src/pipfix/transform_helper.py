@@ -245,18 +245,19 @@ def transforms_ahead(looking_at: Sequence[Path], use_cache: bool) -> _Ahead:
     """What the helper computes before any job: the results of the modules ``peek``
     finds, by their source (with the codemods in scope for them), so that the job
     that asks for one, with the same codemods in scope, is answered at once."""
-    from .codemods.screen import codemods_in_scope
+    from .codemods.screen import screen
     from .peek import likely_transforms
 
     ahead: _Ahead = {}
     for path, source in likely_transforms(looking_at, use_cache):
-        in_scope = codemods_in_scope(source)
+        in_scope, parsed = screen(source)
         if not in_scope:
             continue
         from .codemods.engine import transform_source  # libcst: due, the pre-filter let it by
 
         with contextlib.suppress(Exception):  # the job then computes it (and fails) itself
-            ahead[source] = (in_scope, _to_wire(transform_source(path, source, in_scope)))
+            result = transform_source(path, source, in_scope, parsed)
+            ahead[source] = (in_scope, _to_wire(result))
     return ahead
 
 

@@ -30,14 +30,14 @@ def transform_source(path: str, source: bytes) -> SourceResult:
     """Apply every codemod to ``source``; ``path`` only labels Unpatchable reports."""
     if not could_need_change(source):
         return SourceResult(source, (), ())
-    from .screen import codemods_in_scope
+    from .screen import screen
 
-    in_scope = codemods_in_scope(source)
+    in_scope, parsed = screen(source)
     if not in_scope:
         return SourceResult(source, (), ())
     from .engine import transform_source as transform
 
-    return transform(path, source, in_scope)
+    return transform(path, source, in_scope, parsed)
 
 
 def all_codemods() -> tuple[CodemodInfo, ...]:

@@ -13,7 +13,7 @@ from . import ctypes_import, dlopen_self
 from .helpers import Outcome
 from .model import CodemodInfo, SourceResult, Unpatchable
 from .prefilter import could_need_change
-from .screen import codemods_in_scope
+from .screen import screen
 
 
 class Codemod(Protocol):
@@ -34,25 +34,30 @@ REGISTRY: tuple[Codemod, ...] = (dlopen_self, ctypes_import)
 
 
 def transform_source(
-    path: str, source: bytes, in_scope: Collection[str] | None = None
+    path: str,
+    source: bytes,
+    in_scope: Collection[str] | None = None,
+    parsed: ast.Module | None = None,
 ) -> SourceResult:
     """Parse ``source`` once, run every applicable codemod, keep bytes otherwise intact.
 
     ``in_scope``: the ids ``screen.codemods_in_scope`` returned for ``source``
     (computed here when not given); the others would change and report nothing.
+    ``parsed``: ``ast.parse(source)``, as ``screen.screen`` returns it, if at hand.
     """
     if not could_need_change(source):
         return SourceResult(source, (), ())
     if in_scope is None:
-        in_scope = codemods_in_scope(source)
+        in_scope, parsed = screen(source)
     if not in_scope:
         return SourceResult(source, (), ())
     # CPython is the judge of valid Python: libcst accepts some sources that
-    # compile() refuses (bad encodings, misplaced __future__ imports).
+    # compile() refuses (bad encodings, misplaced __future__ imports).  A tree
+    # ``ast`` parsed from the source compiles with the same verdict, unparsed.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # old sources warn about escapes; not our call
-            compile(source, path, "exec", dont_inherit=True)
+            compile(source if parsed is None else parsed, path, "exec", dont_inherit=True)
     except SyntaxError as exc:
         reason = f"cannot parse: {exc.msg}"
         return SourceResult(source, (), (Unpatchable(path, exc.lineno or 0, reason),))

@@ -75,12 +75,22 @@ def codemods_in_scope(source: bytes) -> frozenset[str]:
     Only meaningful for sources the byte pre-filter lets through; an empty set
     means libcst need not even be imported for this file.
     """
+    return screen(source)[0]
+
+
+def screen(source: bytes) -> tuple[frozenset[str], ast.Module | None]:
+    """``codemods_in_scope``, and the tree it parsed (None where ``ast`` could not
+    parse ``source``): the engine compiles that tree rather than the source again."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid escapes etc.: not ours to report
             tree = ast.parse(source)
     except Exception:  # SyntaxError, ValueError (NUL bytes), RecursionError, ...
-        return ALL  # let the codemods parse it and report what they find
+        return ALL, None  # let the codemods parse it and report what they find
+    return _in_scope(tree, source), tree
+
+
+def _in_scope(tree: ast.Module, source: bytes) -> frozenset[str]:
     in_scope = set()
     if mentions_a_loader(source) and _dlopen_self_in_scope(tree):
         in_scope.add(DLOPEN_SELF)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar, cast
@@ -50,6 +49,8 @@ class SharedResults:
             os.close(lock)  # releases the lock
 
     def _load(self, name: str) -> object:
+        import pickle  # here: a serial run, which shares nothing, never imports it
+
         try:
             with (self.directory / f"{name}.result").open("rb") as stored:
                 return pickle.load(stored)
@@ -57,6 +58,8 @@ class SharedResults:
             return _MISSING
 
     def _store(self, name: str, result: object) -> None:
+        import pickle
+
         partial = self.directory / f"{name}.partial"
         try:
             with partial.open("wb") as out:

@@ -119,6 +119,23 @@ def test_a_job_is_answered_from_ahead_only_for_the_same_source_and_scope(
     assert transform_helper._answer({}, "mod.py", None, scope) is None  # type: ignore[arg-type]
 
 
+def test_an_unscreened_job_is_answered_from_ahead_or_screened_by_the_helper(
+    pinned_wheels: dict[str, Path],
+) -> None:
+    """The run sends the modules named like the look's unscreened: whatever the
+    helper holds ahead for that source answers it, else the helper screens it."""
+    from pipfix import codemods
+
+    source = patcher.plan(pinned_wheels[PIP]).changes[0].before
+    marker = transform_helper._to_wire(SourceResult(b"computed ahead", (), ()))
+    ahead = {source: (codemods_in_scope(source), marker)}
+    assert transform_helper._answer(ahead, "mod.py", source, None) is marker
+    for unscreened in (source, b"import os\n", b"import ctypes\nctypes.CDLL('x')\n"):
+        expected = codemods.transform_source("mod.py", unscreened)
+        answer = transform_helper._answer({}, "mod.py", unscreened, None)
+        assert answer == transform_helper._to_wire(expected)
+
+
 def test_results_cross_the_pipe_unchanged() -> None:
     """What ``marshal`` carries back is the engine's result, reports included."""
     result = SourceResult(

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipfix import parallel, patcher, transform_helper
+from pipfix.codemods import could_need_change
 from pipfix.codemods.engine import transform_source
 from pipfix.codemods.screen import codemods_in_scope
 
@@ -85,6 +86,36 @@ def test_a_serial_run_leaves_libcst_to_the_helper(
     assert result.returncode == 0, result.stderr
     changed, imported = result.stdout.rsplit(" ", 1)
     assert "pip/_internal/utils/glibc.py" in changed and imported.strip() == "False"
+
+
+def test_the_run_leaves_the_screen_of_the_likely_modules_to_the_helper(
+    pinned_wheels: dict[str, Path], fresh_transforms: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Modules named like those the helper looks for are sent unscreened (the helper
+    screened them already); every other candidate is screened here."""
+    from pipfix import peek
+    from pipfix.codemods import screen
+
+    screened: list[bytes] = []
+    real = screen.codemods_in_scope
+
+    def recording(source: bytes) -> frozenset[str]:
+        screened.append(source)
+        return real(source)
+
+    monkeypatch.setattr(screen, "codemods_in_scope", recording)
+    plan = parallel.plan_all([pinned_wheels[PIP]], jobs=1)[0]
+    assert [c.path for c in plan.changes] == [
+        "pip/_internal/utils/glibc.py", "pip/_vendor/packaging/_manylinux.py"
+    ]
+    candidates = {
+        name: source
+        for name, source in plan.wheel.contents.items()
+        if name.endswith(".py") and could_need_change(source)
+    }
+    likely = {n for n in candidates if n.rpartition("/")[2] in peek.LIKELY_FILE_NAMES}
+    assert likely == {c.path for c in plan.changes}
+    assert sorted(screened) == sorted(s for n, s in candidates.items() if n not in likely)
 
 
 def test_a_dead_helper_leaves_the_work_to_this_process(

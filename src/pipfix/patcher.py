@@ -28,6 +28,7 @@ from ._version import __version__
 from .codemods import could_need_change
 from .codemods.model import SourceResult, Unpatchable
 from .errors import VerificationError
+from .peek import LIKELY_FILE_NAMES
 from .shared_results import SharedResults
 
 if TYPE_CHECKING:
@@ -184,15 +185,18 @@ class _TransformCache:
 
     While ``helping`` (with a forked ``TransformHelper`` running), ``prepare``
     screens a module here (no libcst) and sends it there if the codemods apply
-    to it; ``transform`` collects.
+    to it; ``transform`` collects.  A module named like those the helper looks
+    for by itself (``peek.LIKELY_FILE_NAMES``) is sent unscreened: the helper
+    has most likely screened and transformed it already.
     """
 
     def __init__(self) -> None:
         self._results: dict[bytes, SourceResult] = {}
         self._shared: SharedResults | None = None
         self._helper: TransformHelper | None = None
-        # Screened by ``prepare``: the codemods in scope, result still to come.
-        self._in_scope: dict[bytes, frozenset[str]] = {}
+        # Sent by ``prepare``, result still to come: the codemods in scope (None:
+        # sent unscreened, the helper screens it).
+        self._in_scope: dict[bytes, frozenset[str] | None] = {}
 
     def share(self, shared: SharedResults | None) -> None:
         """Take results other processes computed from ``shared``, and leave ours there."""
@@ -223,12 +227,14 @@ class _TransformCache:
         key = hashlib.sha256(source).digest()
         if key in self._results or key in self._in_scope:
             return
-        from .codemods.screen import codemods_in_scope
+        in_scope: frozenset[str] | None = None
+        if path.rpartition("/")[2] not in LIKELY_FILE_NAMES:
+            from .codemods.screen import codemods_in_scope
 
-        in_scope = codemods_in_scope(source)
-        if not in_scope:
-            self._results[key] = SourceResult(source, (), ())
-            return
+            in_scope = codemods_in_scope(source)
+            if not in_scope:
+                self._results[key] = SourceResult(source, (), ())
+                return
         self._in_scope[key] = in_scope
         self._helper.submit(key, path, source, in_scope)
 
@@ -236,14 +242,14 @@ class _TransformCache:
         key = hashlib.sha256(source).digest()
         cached = self._results.get(key)
         if cached is None:
-            in_scope = self._in_scope.pop(key, None)
-            if in_scope is not None:
+            if key in self._in_scope:
+                in_scope = self._in_scope.pop(key)
                 cached = self._helper.result(key) if self._helper is not None else None
-                if cached is None:
+                if cached is None and in_scope is not None:
                     from .codemods.engine import transform_source as transform_screened
 
                     cached = transform_screened(path, source, in_scope)
-            else:
+            if cached is None:
                 cached = self._computed(key, path, source)
             self._results[key] = cached
         if cached.unpatchable and any(u.path != path for u in cached.unpatchable):

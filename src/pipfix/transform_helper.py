@@ -103,12 +103,16 @@ class TransformHelper:
     def pid(self) -> int:
         return self._pid
 
-    def submit(self, key: bytes, path: str, source: bytes, in_scope: Collection[str]) -> None:
-        """Have the helper transform ``source`` (what ``engine.transform_source`` does)."""
+    def submit(
+        self, key: bytes, path: str, source: bytes, in_scope: Collection[str] | None
+    ) -> None:
+        """Have the helper transform ``source`` (what ``engine.transform_source`` does
+        with the codemods ``in_scope``; None: the helper screens it first, as
+        ``codemods.transform_source`` does)."""
         if not self._running or key in self._submitted:
             return
         self._submitted.add(key)
-        job = marshal.dumps((key, path, source, tuple(in_scope)))
+        job = marshal.dumps((key, path, source, None if in_scope is None else tuple(in_scope)))
         self._outgoing += _LENGTH.pack(len(job)) + job
         self._exchange(wait_for=None)
 
@@ -251,7 +255,8 @@ def transforms_ahead(looking_at: Sequence[Path], use_cache: bool) -> _Ahead:
     ahead: _Ahead = {}
     for path, source in likely_transforms(looking_at, use_cache):
         in_scope, parsed = screen(source)
-        if not in_scope:
+        if not in_scope:  # unchanged: the job for it (sent unscreened) is answered at once
+            ahead[source] = (in_scope, (source, (), ()))
             continue
         from .codemods.engine import transform_source  # libcst: due, the pre-filter let it by
 
@@ -286,14 +291,19 @@ def _serve(jobs: int, answers: int, looking_at: Sequence[Path], use_cache: bool)
 
 
 def _answer(
-    ahead: _Ahead, path: str, source: bytes, in_scope: Collection[str]
+    ahead: _Ahead, path: str, source: bytes, in_scope: Collection[str] | None
 ) -> _Wire | None:
-    """The result of one job: from ``ahead``, or computed (None if that raises:
-    the parent computes it, and meets the error itself)."""
+    """The result of one job: from ``ahead`` (computed with this helper's own screen
+    of the same source, so for an unscreened job too), or computed (None if that
+    raises: the parent computes it, and meets the error itself)."""
     try:
         known = ahead.pop(source, None)
-        if known is not None and known[0] == frozenset(in_scope):
+        if known is not None and (in_scope is None or known[0] == frozenset(in_scope)):
             return known[1]
+        if in_scope is None:
+            from .codemods import transform_source as screened_and_transformed
+
+            return _to_wire(screened_and_transformed(path, source))
         from .codemods.engine import transform_source
 
         return _to_wire(transform_source(path, source, in_scope))

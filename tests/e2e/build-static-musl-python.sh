@@ -86,7 +86,7 @@ readonly REQUIRED_BUILTIN_MODULES=(
 
 readonly REQUIRED_PACKAGES=(
     musl-tools build-essential dpkg-dev linux-libc-dev pkgconf
-    file binutils tar gzip bzip2 xz-utils
+    file binutils tar gzip bzip2 xz-utils curl ca-certificates
 )
 
 readonly DEB_SRC_FILE_BASE=/etc/apt/sources.list.d/pipfix-e2e-deb-src
@@ -104,7 +104,7 @@ JOBS=        # parallel make jobs
 SOURCE_LISTING=  # `apt-get source --print-uris` output
 REPORTED=0       # set once an error message has been printed
 FAILED_COMMAND=  # last failing command, for errors that `die` did not report
-declare -A ORIG_TARBALL=() ORIG_SIZE=() ORIG_SHA256=() DEBIAN_VERSION=()
+declare -A ORIG_TARBALL=() ORIG_SIZE=() ORIG_SHA256=() ORIG_URI=() DEBIAN_VERSION=()
 
 # --------------------------------------------------------------------------
 # Helpers
@@ -275,7 +275,7 @@ ensure_source_index() {
         || die "apt cannot find the source packages ${SOURCE_PACKAGES[*]} (see 'apt-get source --print-uris ${SOURCE_PACKAGES[*]}')"
 }
 
-# Fill ORIG_TARBALL/ORIG_SIZE/ORIG_SHA256/DEBIAN_VERSION from SOURCE_LISTING.
+# Fill ORIG_TARBALL/ORIG_SIZE/ORIG_SHA256/ORIG_URI/DEBIAN_VERSION from SOURCE_LISTING.
 # DEBIAN_VERSION comes from the .dsc file name, so it lacks any epoch.
 read_source_metadata() {
     local uri file size hash pkg
@@ -286,6 +286,7 @@ read_source_metadata() {
             if [[ $file =~ \.orig\.tar\.[a-z0-9]+$ ]]; then
                 [[ $hash == SHA256:* ]] || die "apt lists no SHA256 for $file"
                 ORIG_TARBALL[$pkg]=$file
+                ORIG_URI[$pkg]=${uri//\'/}
                 ORIG_SIZE[$pkg]=$size
                 ORIG_SHA256[$pkg]=${hash#SHA256:}
             elif [[ $file == *.dsc ]]; then
@@ -318,7 +319,8 @@ fetch_sources() {
     cd "$WORK/downloads"
     # --tar-only: the .dsc and Debian diff are not needed (no Debian patches
     # are applied), and apt still checks the tarballs against the signed index.
-    apt-get source --only-source --download-only --tar-only "${SOURCE_PACKAGES[@]}"
+    apt-get source --only-source --download-only --tar-only "${SOURCE_PACKAGES[@]}" \
+        || fetch_from_main_archive
     for pkg in "${SOURCE_PACKAGES[@]}"; do
         file=${ORIG_TARBALL[$pkg]}
         [[ $(sha256_of "$file") == "${ORIG_SHA256[$pkg]}" ]] \
@@ -326,6 +328,26 @@ fetch_sources() {
         mkdir -p "$WORK/src/$pkg"
         tar -xf "$file" -C "$WORK/src/$pkg" --strip-components=1
         echo "unpacked $file into $WORK/src/$pkg"
+    done
+}
+
+# A security update that keeps the upstream version lists its orig tarball
+# under the security archive's pool, which need not carry it (apt-get source
+# then fails with 404).  The same file -- name, size and SHA256 from the
+# signed index, checked by fetch_sources -- is in the main archive's pool.
+fetch_from_main_archive() {
+    local pkg file uri
+    for pkg in "${SOURCE_PACKAGES[@]}"; do
+        file=${ORIG_TARBALL[$pkg]}
+        [[ -f $file ]] && continue
+        uri=${ORIG_URI[$pkg]}
+        [[ $uri == */debian-security/pool/updates/* ]] \
+            || die "apt could not fetch $file from $uri"
+        uri=${uri/\/debian-security\/pool\/updates\//\/debian\/pool\/}
+        echo "$file: not in the security archive; fetching $uri"
+        curl --fail --silent --show-error --location --retry 3 -o "$file.partial" "$uri" \
+            || die "cannot fetch $file from $uri"
+        mv "$file.partial" "$file"
     done
 }
 

@@ -113,7 +113,7 @@ def test_the_run_leaves_the_screen_of_the_likely_modules_to_the_helper(
         for name, source in plan.wheel.contents.items()
         if name.endswith(".py") and could_need_change(source)
     }
-    likely = {n for n in candidates if n.rpartition("/")[2] in peek.LIKELY_FILE_NAMES}
+    likely = {n for n in candidates if peek.is_likely(n)}
     assert likely == {c.path for c in plan.changes}
     assert sorted(screened) == sorted(s for n, s in candidates.items() if n not in likely)
 

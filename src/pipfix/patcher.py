@@ -28,7 +28,7 @@ from ._version import __version__
 from .codemods import could_need_change
 from .codemods.model import SourceResult, Unpatchable
 from .errors import VerificationError
-from .peek import LIKELY_FILE_NAMES
+from .peek import is_likely
 from .shared_results import SharedResults
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ class _TransformCache:
         if key in self._results or key in self._in_scope:
             return
         in_scope: frozenset[str] | None = None
-        if path.rpartition("/")[2] not in LIKELY_FILE_NAMES:
+        if not is_likely(path):
             from .codemods.screen import codemods_in_scope
 
             in_scope = codemods_in_scope(source)
@@ -245,11 +245,11 @@ class _TransformCache:
             if key in self._in_scope:
                 in_scope = self._in_scope.pop(key)
                 cached = self._helper.result(key) if self._helper is not None else None
-                if cached is None and in_scope is not None:
+                if cached is None:
                     from .codemods.engine import transform_source as transform_screened
 
-                    cached = transform_screened(path, source, in_scope)
-            if cached is None:
+                    cached = transform_screened(path, source, in_scope)  # None: screens it
+            else:
                 cached = self._computed(key, path, source)
             self._results[key] = cached
         if cached.unpatchable and any(u.path != path for u in cached.unpatchable):

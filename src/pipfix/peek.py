@@ -35,6 +35,11 @@ MAX_MODULE_BYTES = 2**20
 _ENDINGS = (*(f"/{name}" for name in sorted(LIKELY_FILE_NAMES)), provenance.member_name(""))
 
 
+def is_likely(name: str) -> bool:
+    """A member named like the modules the look reads (``LIKELY_FILE_NAMES``)."""
+    return name.rpartition("/")[2] in LIKELY_FILE_NAMES
+
+
 def likely_transforms(paths: Sequence[Path], use_cache: bool) -> list[tuple[str, bytes]]:
     """(member name, source) of the likely modules (``LIKELY_FILE_NAMES``) the byte
     pre-filter lets through, in the first of ``paths`` that has any; unverified."""
@@ -63,9 +68,7 @@ def _likely_in(path: Path, use_cache: bool) -> list[tuple[str, bytes]]:
                 return []  # its plan takes the cached output
             found = []
             for member in members:
-                if member.name.rpartition("/")[2] in LIKELY_FILE_NAMES and (
-                    member.size <= MAX_MODULE_BYTES
-                ):
+                if is_likely(member.name) and member.size <= MAX_MODULE_BYTES:
                     source = zipraw.read_payload(member)
                     if could_need_change(source):
                         found.append((member.name, source))

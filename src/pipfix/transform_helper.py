@@ -249,6 +249,7 @@ def transforms_ahead(looking_at: Sequence[Path], use_cache: bool) -> _Ahead:
     """What the helper computes before any job: the results of the modules ``peek``
     finds, by their source (with the codemods in scope for them), so that the job
     that asks for one, with the same codemods in scope, is answered at once."""
+    from .codemods.model import SourceResult
     from .codemods.screen import screen
     from .peek import likely_transforms
 
@@ -256,7 +257,7 @@ def transforms_ahead(looking_at: Sequence[Path], use_cache: bool) -> _Ahead:
     for path, source in likely_transforms(looking_at, use_cache):
         in_scope, parsed = screen(source)
         if not in_scope:  # unchanged: the job for it (sent unscreened) is answered at once
-            ahead[source] = (in_scope, (source, (), ()))
+            ahead[source] = (in_scope, _to_wire(SourceResult(source, (), ())))
             continue
         from .codemods.engine import transform_source  # libcst: due, the pre-filter let it by
 
@@ -300,11 +301,7 @@ def _answer(
         known = ahead.pop(source, None)
         if known is not None and (in_scope is None or known[0] == frozenset(in_scope)):
             return known[1]
-        if in_scope is None:
-            from .codemods import transform_source as screened_and_transformed
-
-            return _to_wire(screened_and_transformed(path, source))
-        from .codemods.engine import transform_source
+        from .codemods.engine import transform_source  # in_scope None: it screens first
 
         return _to_wire(transform_source(path, source, in_scope))
     except Exception:

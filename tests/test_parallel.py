@@ -51,6 +51,30 @@ def test_parallel_plans_equal_serial_plans(wheels: list[Path]) -> None:
             assert plan.build() == alone.build()
 
 
+def test_outputs_only_runs_get_no_input_bytes_back_for_wheels_to_patch(
+    wheels: list[Path],
+) -> None:
+    """``inputs_needed=False`` (patch-wheel -o): a worker sends a wheel to patch back
+    with its verified output but not its input bytes; the others keep theirs."""
+    _forks_here()
+    patched = wheels[0].parent / "patched" / wheels[0].name
+    patched.parent.mkdir()
+    patched.write_bytes(patcher.plan(wheels[0]).build())
+    paths = [*wheels, patched]
+    together = parallel.plan_all(paths, jobs=2, inputs_needed=False)
+    states = set()
+    for path, plan in zip(paths, together):
+        alone = patcher.plan(path)
+        states.add(plan.state)
+        assert plan.wheel.sha256 == alone.wheel.sha256
+        if plan.state is patcher.WheelState.NEEDS_PATCH:
+            assert plan.wheel.data == b""
+            assert plan.build() == alone.build()
+        else:
+            assert plan.wheel.data == alone.wheel.data
+    assert states == {patcher.WheelState.NEEDS_PATCH, patcher.WheelState.PATCHED}
+
+
 def test_first_error_in_input_order_is_raised(wheels: list[Path]) -> None:
     _forks_here()
     wheels[2].write_bytes(wheels[2].read_bytes()[:-100])  # truncated: no end record

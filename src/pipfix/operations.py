@@ -508,7 +508,9 @@ def _patch_into(
     try:
         # Each input is read once: the output of an input replaced during the run is
         # that of the bytes read and verified (the input itself is never written).
-        plans = parallel.plan_all(paths, use_cache=use_cache, jobs=jobs, on_plan=prepare)
+        plans = parallel.plan_all(
+            paths, use_cache=use_cache, jobs=jobs, on_plan=prepare, inputs_needed=False
+        )
         reports = []
         for index, plan in enumerate(plans):
             ready = prepared.pop(index, None)

@@ -9,7 +9,7 @@ from typing import Protocol
 
 import libcst as cst
 
-from . import ctypes_import, dlopen_self
+from . import ctypes_import, dlopen_self, skeleton
 from .helpers import Outcome
 from .model import CodemodInfo, SourceResult, Unpatchable
 from .prefilter import could_need_change
@@ -44,6 +44,8 @@ def transform_source(
     ``in_scope``: the ids ``screen.codemods_in_scope`` returned for ``source``
     (computed here when not given); the others would change and report nothing.
     ``parsed``: ``ast.parse(source)``, as ``screen.screen`` returns it, if at hand.
+    libcst parses only what the codemods can see (``transform_visible``) where
+    that gives a clean change, the whole module otherwise (``transform_whole``).
     """
     if not could_need_change(source):
         return SourceResult(source, (), ())
@@ -51,6 +53,8 @@ def transform_source(
         in_scope, parsed = screen(source)
     if not in_scope:
         return SourceResult(source, (), ())
+    if parsed is None:
+        parsed = _parsed(source)
     # CPython is the judge of valid Python: libcst accepts some sources that
     # compile() refuses (bad encodings, misplaced __future__ imports).  A tree
     # ``ast`` parsed from the source compiles with the same verdict, unparsed.
@@ -63,10 +67,50 @@ def transform_source(
         return SourceResult(source, (), (Unpatchable(path, exc.lineno or 0, reason),))
     except ValueError as exc:  # NUL bytes
         return SourceResult(source, (), (Unpatchable(path, 0, f"cannot parse: {exc}"),))
+    visible = None if parsed is None else skeleton.visible_source(source, parsed)
+    if visible is not None:
+        result = transform_visible(path, source, visible, in_scope)
+        if result is not None:
+            return result
+    return transform_whole(path, source, in_scope)
+
+
+def transform_whole(path: str, source: bytes, in_scope: Collection[str]) -> SourceResult:
+    """The codemods ``in_scope`` on the whole module ``source`` (which compiles)."""
     try:
         original = cst.parse_module(source)
     except cst.ParserSyntaxError as exc:
         return SourceResult(source, (), (_unparsable(path, source, exc),))
+    module, applied, unpatchable = _run(path, original, source, in_scope)
+    patched = patched_bytes(original, source, module) if applied else source
+    return SourceResult(patched, tuple(applied), tuple(unpatchable))
+
+
+def transform_visible(
+    path: str, source: bytes, visible: bytes, in_scope: Collection[str]
+) -> SourceResult | None:
+    """The codemods on ``visible`` (``skeleton.visible_source(source, ...)``), their
+    changed statements spliced into ``source``; None unless that is a clean change
+    (libcst parses it, nothing is reported, each changed statement found once):
+    then only ``transform_whole`` says exactly what happens."""
+    try:
+        original = cst.parse_module(visible)
+    except cst.ParserSyntaxError:
+        return None
+    module, applied, unpatchable = _run(path, original, source, in_scope)
+    if unpatchable:
+        return None
+    if not applied:
+        return SourceResult(source, (), ())
+    patched = _spliced(original, source, module)
+    return None if patched is None else SourceResult(patched, tuple(applied), ())
+
+
+def _run(
+    path: str, original: cst.Module, source: bytes, in_scope: Collection[str]
+) -> tuple[cst.Module, list[str], list[Unpatchable]]:
+    """Every codemod in scope, in ``REGISTRY`` order, on the tree ``original`` of
+    ``source``: the patched tree, the codemods that changed it, what they report."""
     module = original
     applied: list[str] = []
     unpatchable: list[Unpatchable] = []
@@ -81,8 +125,29 @@ def transform_source(
         if outcome.changed:
             applied.append(codemod.INFO.id)
             module = outcome.module
-    patched = patched_bytes(original, source, module) if applied else source
-    return SourceResult(patched, tuple(applied), tuple(unpatchable))
+    return module, applied, unpatchable
+
+
+def _parsed(source: bytes) -> ast.Module | None:
+    """``ast.parse(source)``, None where it fails (compiling the source then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ast.parse(source)
+    except Exception:  # SyntaxError, ValueError (NUL bytes), RecursionError, ...
+        return None
+
+
+def _same_frame(original: cst.Module, patched: cst.Module) -> bool:
+    """Whether the codemods changed nothing but top-level statements."""
+    return (
+        len(patched.body) == len(original.body)
+        and tuple(patched.header) == tuple(original.header)
+        and tuple(patched.footer) == tuple(original.footer)
+        and (patched.encoding, patched.default_indent, patched.default_newline)
+        == (original.encoding, original.default_indent, original.default_newline)
+        and patched.has_trailing_newline == original.has_trailing_newline
+    )
 
 
 def patched_bytes(original: cst.Module, source: bytes, patched: cst.Module) -> bytes:
@@ -94,28 +159,59 @@ def patched_bytes(original: cst.Module, source: bytes, patched: cst.Module) -> b
     one where it occurs -- exactly once in the source, or the whole module is
     generated (as it is when anything but the statements changed).
     """
-    same_frame = (
-        len(patched.body) == len(original.body)
-        and tuple(patched.header) == tuple(original.header)
-        and tuple(patched.footer) == tuple(original.footer)
-        and (patched.encoding, patched.default_indent, patched.default_newline)
-        == (original.encoding, original.default_indent, original.default_newline)
-        and patched.has_trailing_newline == original.has_trailing_newline
-    )
-    if not same_frame:
+    if not _same_frame(original, patched):
         return patched.bytes
     encoding = original.encoding
-    spliced: list[tuple[int, int, bytes]] = []
+    spliced: list[tuple[bytes, bytes]] = []
+    for before, after in zip(original.body, patched.body):
+        if after is not before:
+            spliced.append(
+                (
+                    original.code_for_node(before).encode(encoding),
+                    patched.code_for_node(after).encode(encoding),
+                )
+            )
+    result = _splice(source, spliced)
+    return patched.bytes if result is None else result
+
+
+def _spliced(original: cst.Module, source: bytes, patched: cst.Module) -> bytes | None:
+    """``source`` with the top-level statements that changed from ``original``
+    (parsed from a skeleton of ``source``) to ``patched`` replaced; their leading
+    lines (the skeleton's, not the source's) are left out and must not change.
+    None where that is not exact."""
+    if not _same_frame(original, patched):
+        return None
+    encoding = original.encoding
+    spliced: list[tuple[bytes, bytes]] = []
     for before, after in zip(original.body, patched.body):
         if after is before:
             continue
-        old = original.code_for_node(before).encode(encoding)
+        lines = before.leading_lines
+        if len(after.leading_lines) != len(lines) or not all(
+            a.deep_equals(b) for a, b in zip(after.leading_lines, lines)
+        ):
+            return None
+        spliced.append(
+            (
+                original.code_for_node(before.with_changes(leading_lines=())).encode(encoding),
+                patched.code_for_node(after.with_changes(leading_lines=())).encode(encoding),
+            )
+        )
+    return _splice(source, spliced)
+
+
+def _splice(source: bytes, replacements: list[tuple[bytes, bytes]]) -> bytes | None:
+    """``source`` with each old text replaced by its new one; None unless each old
+    text occurs exactly once."""
+    found: list[tuple[int, int, bytes]] = []
+    for old, new in replacements:
         start = source.find(old)
         if start < 0 or source.find(old, start + 1) >= 0:
-            return patched.bytes
-        spliced.append((start, start + len(old), patched.code_for_node(after).encode(encoding)))
+            return None
+        found.append((start, start + len(old), new))
     result, position = [], 0
-    for start, end, new in sorted(spliced):
+    for start, end, new in sorted(found):
         result += [source[position:start], new]
         position = end
     result.append(source[position:])

@@ -145,7 +145,7 @@ def _dotted(node: ast.expr) -> str | None:
     return None
 
 
-def _bindings(node: ast.Import | ast.ImportFrom) -> list[tuple[str, str]]:
+def import_bindings(node: ast.Import | ast.ImportFrom) -> list[tuple[str, str]]:
     """(bound name, dotted target) as the codemods' ``import_bindings`` computes them."""
     if isinstance(node, ast.Import):
         result = []
@@ -164,7 +164,7 @@ def _bindings(node: ast.Import | ast.ImportFrom) -> list[tuple[str, str]]:
 
 
 def _imports_ctypes(node: ast.Import | ast.ImportFrom) -> bool:
-    return any(is_ctypes(target) for _, target in _bindings(node))
+    return any(is_ctypes(target) for _, target in import_bindings(node))
 
 
 # --- dlopen-self ---------------------------------------------------------------
@@ -193,7 +193,7 @@ def _dlopen_self_in_scope(tree: ast.Module) -> bool:
             if name is not None and _passes_none(node):
                 calls.append((name, node))
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            for local, target in _bindings(node):
+            for local, target in import_bindings(node):
                 if not is_ctypes(target):
                     continue
                 if local == "*":
@@ -367,7 +367,7 @@ def _binds_the_name(node: ast.AST) -> bool:
     if not may_bind:
         return False
     if isinstance(node, (ast.Import, ast.ImportFrom)):
-        return any(local in (_NAME, "*") for local, _ in _bindings(node)) or any(
+        return any(local in (_NAME, "*") for local, _ in import_bindings(node)) or any(
             (alias.asname or alias.name).partition(".")[0] == _NAME for alias in node.names
         )
     if isinstance(node, (ast.Global, ast.Nonlocal)):

@@ -136,6 +136,12 @@ def _walk(tree: ast.AST) -> list[ast.AST]:
     return nodes
 
 
+def first_line(statement: ast.stmt) -> int:
+    """The line a statement starts on: its first decorator's, if it has any."""
+    decorators: list[ast.expr] = getattr(statement, "decorator_list", [])
+    return min([statement.lineno, *(decorator.lineno for decorator in decorators)])
+
+
 def _dotted(node: ast.expr) -> str | None:
     if isinstance(node, ast.Name):
         return node.id
@@ -208,9 +214,16 @@ def _dlopen_self_in_scope(tree: ast.Module) -> bool:
             loader_calls.append(call)
     if not loader_calls:
         return False
-    parents = {
-        child: parent for parent in nodes for child in _children(parent)
-    }
+    # Ancestors are only needed within the top-level statements holding the calls.
+    lines = {call.lineno for call in loader_calls}
+    parents: dict[ast.AST, ast.AST] = {}
+    for statement in tree.body:
+        last = statement.end_lineno or statement.lineno
+        if any(first_line(statement) <= line <= last for line in lines):
+            parents[statement] = tree
+            parents.update(
+                (child, parent) for parent in _walk(statement) for child in _children(parent)
+            )
     return not all(_protected(_path_to(call, parents)) for call in loader_calls)
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterator
 
-from .screen import import_bindings, is_ctypes
+from .screen import first_line, import_bindings, is_ctypes
 
 # Words the codemods look for (``screen`` and ``prefilter`` name the same ones).
 # A statement whose text holds none of them, nor a name a ctypes import binds,
@@ -79,7 +80,7 @@ def _words(tree: ast.Module) -> re.Pattern[bytes] | None:
     """A pattern for ``_WORDS`` and every name a ctypes import binds; None if one
     of those is not ASCII (libcst reads a name as written, ``ast`` normalized)."""
     names = set(_WORDS)
-    for node in ast.walk(tree):
+    for node in _statements(tree.body):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             for bound, target in import_bindings(node):
                 if is_ctypes(target) and bound != "*":
@@ -88,6 +89,19 @@ def _words(tree: ast.Module) -> re.Pattern[bytes] | None:
                     names.add(bound)
     alternatives = "|".join(re.escape(name) for name in sorted(names))
     return re.compile(rf"\b(?:{alternatives})\b".encode("ascii"))
+
+
+def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Every statement in ``body`` and in the blocks below it (imports are
+    statements: the expressions, most of the tree, need not be walked)."""
+    for statement in body:
+        yield statement
+        for field in ("body", "orelse", "finalbody"):
+            inner = getattr(statement, field, None)
+            if isinstance(inner, list):
+                yield from _statements(inner)
+        for clause in (*getattr(statement, "handlers", ()), *getattr(statement, "cases", ())):
+            yield from _statements(clause.body)
 
 
 def _star_import(statement: ast.stmt) -> bool:
@@ -99,7 +113,7 @@ def _groups(body: list[ast.stmt]) -> list[tuple[int, int, list[ast.stmt]]]:
     sharing a line (``a = 1; import ctypes``) form one group."""
     groups: list[tuple[int, int, list[ast.stmt]]] = []
     for statement in body:
-        first = min([statement.lineno, *(d.lineno for d in _decorators(statement))])
+        first = first_line(statement)
         last = statement.end_lineno or statement.lineno
         if groups and first <= groups[-1][1]:
             start, end, members = groups[-1]
@@ -107,10 +121,6 @@ def _groups(body: list[ast.stmt]) -> list[tuple[int, int, list[ast.stmt]]]:
         else:
             groups.append((first, last, [statement]))
     return groups
-
-
-def _decorators(statement: ast.stmt) -> list[ast.expr]:
-    return list(getattr(statement, "decorator_list", ()))
 
 
 def _opening(statements: list[ast.stmt], lines: list[bytes]) -> tuple[int, bytes] | None:
@@ -123,7 +133,7 @@ def _opening(statements: list[ast.stmt], lines: list[bytes]) -> tuple[int, bytes
     if not isinstance(statement, _COMPOUND) or not statement.body:
         return None
     inner = statement.body[0]
-    if inner.lineno <= statement.lineno or _decorators(inner):
+    if inner.lineno <= statement.lineno or first_line(inner) != inner.lineno:
         return None
     line = lines[inner.lineno - 1]
     indent = line[: len(line) - len(line.lstrip(b" \t"))]

@@ -648,11 +648,21 @@ class Benchmark:
             )
             return f" ({of})" if of else ""
 
-        return [
+        lines = [
             f"Reference, same repetitions: {start.label} {start.wall:.3f} s; "
             + "; ".join(f"{f.label} {f.wall:.3f} s{shares(f)}" for f in floors)
             + ".",
         ]
+        # What pipfix adds to importing libcst moves less with the machine's phase
+        # than the ratios do: each repetition's difference, then their median.
+        one = self.cases[0].pipfix if self.cases else None
+        if floors and one is not None and len(one.walls) == len(floors[0].walls):
+            added = statistics.median(a - b for a, b in zip(one.walls, floors[0].walls))
+            lines.append(
+                f"{self.cases[0].title}: pipfix took {floors[0].label} plus "
+                f"{added * 1000:.0f} ms (median of the differences per repetition)."
+            )
+        return lines
 
     def results(self) -> dict[str, Any]:
         def command(cmd: Command) -> dict[str, Any]:

@@ -37,6 +37,7 @@ def test_quick_benchmark_prints_the_ratio_table(tmp_path: Path) -> None:
     assert any(" pinned pip/setuptools wheels, one pipfix call" in row for row in rows)
     assert all(row.count("|") == 8 for row in rows)
     assert "Peak memory, patch-wheel of" in result.stdout
+    assert "pipfix took interpreter start + import libcst plus " in result.stdout
 
     results = json.loads(raw.read_text())
     assert results["peak_rss_mib"] > 0

@@ -13,7 +13,7 @@ from . import ctypes_import, dlopen_self, skeleton
 from .helpers import Outcome
 from .model import CodemodInfo, SourceResult, Unpatchable
 from .prefilter import could_need_change
-from .screen import screen
+from .screen import parse, screen
 
 
 class Codemod(Protocol):
@@ -54,7 +54,7 @@ def transform_source(
     if not in_scope:
         return SourceResult(source, (), ())
     if parsed is None:
-        parsed = _parsed(source)
+        parsed = parse(source)
     # CPython is the judge of valid Python: libcst accepts some sources that
     # compile() refuses (bad encodings, misplaced __future__ imports).  A tree
     # ``ast`` parsed from the source compiles with the same verdict, unparsed.
@@ -102,7 +102,7 @@ def transform_visible(
         return None
     if not applied:
         return SourceResult(source, (), ())
-    patched = _spliced(original, source, module)
+    patched = _spliced(original, source, module, leading_lines=False)
     return None if patched is None else SourceResult(patched, tuple(applied), ())
 
 
@@ -128,16 +128,6 @@ def _run(
     return module, applied, unpatchable
 
 
-def _parsed(source: bytes) -> ast.Module | None:
-    """``ast.parse(source)``, None where it fails (compiling the source then says why)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return ast.parse(source)
-    except Exception:  # SyntaxError, ValueError (NUL bytes), RecursionError, ...
-        return None
-
-
 def _same_frame(original: cst.Module, patched: cst.Module) -> bool:
     """Whether the codemods changed nothing but top-level statements."""
     return (
@@ -159,46 +149,41 @@ def patched_bytes(original: cst.Module, source: bytes, patched: cst.Module) -> b
     one where it occurs -- exactly once in the source, or the whole module is
     generated (as it is when anything but the statements changed).
     """
-    if not _same_frame(original, patched):
-        return patched.bytes
-    encoding = original.encoding
-    spliced: list[tuple[bytes, bytes]] = []
-    for before, after in zip(original.body, patched.body):
-        if after is not before:
-            spliced.append(
-                (
-                    original.code_for_node(before).encode(encoding),
-                    patched.code_for_node(after).encode(encoding),
-                )
-            )
-    result = _splice(source, spliced)
-    return patched.bytes if result is None else result
+    spliced = _spliced(original, source, patched, leading_lines=True)
+    return patched.bytes if spliced is None else spliced
 
 
-def _spliced(original: cst.Module, source: bytes, patched: cst.Module) -> bytes | None:
-    """``source`` with the top-level statements that changed from ``original``
-    (parsed from a skeleton of ``source``) to ``patched`` replaced; their leading
-    lines (the skeleton's, not the source's) are left out and must not change.
-    None where that is not exact."""
+def _spliced(
+    original: cst.Module, source: bytes, patched: cst.Module, *, leading_lines: bool
+) -> bytes | None:
+    """``source`` with the top-level statements that changed from ``original`` to
+    ``patched`` replaced by their new code; None where that is not exact.
+
+    ``leading_lines`` False: ``original`` was parsed from a skeleton of
+    ``source`` (``transform_visible``), so the statements' leading lines are the
+    skeleton's: they are left out of both texts, and must not have changed.
+    """
     if not _same_frame(original, patched):
         return None
     encoding = original.encoding
-    spliced: list[tuple[bytes, bytes]] = []
+    replacements: list[tuple[bytes, bytes]] = []
     for before, after in zip(original.body, patched.body):
         if after is before:
             continue
-        lines = before.leading_lines
-        if len(after.leading_lines) != len(lines) or not all(
-            a.deep_equals(b) for a, b in zip(after.leading_lines, lines)
-        ):
-            return None
-        spliced.append(
+        if not leading_lines:
+            if len(after.leading_lines) != len(before.leading_lines) or not all(
+                a.deep_equals(b) for a, b in zip(after.leading_lines, before.leading_lines)
+            ):
+                return None
+            before = before.with_changes(leading_lines=())
+            after = after.with_changes(leading_lines=())
+        replacements.append(
             (
-                original.code_for_node(before.with_changes(leading_lines=())).encode(encoding),
-                patched.code_for_node(after.with_changes(leading_lines=())).encode(encoding),
+                original.code_for_node(before).encode(encoding),
+                patched.code_for_node(after).encode(encoding),
             )
         )
-    return _splice(source, spliced)
+    return _splice(source, replacements)
 
 
 def _splice(source: bytes, replacements: list[tuple[bytes, bytes]]) -> bytes | None:

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import re
 
-_LOADER = re.compile(rb"\b(CDLL|PyDLL|LoadLibrary|cdll|pydll)\b")
-_GLIBC_PROBE = b"gnu_get_libc_version"
+# The names of ctypes' library loaders, and the glibc probe's (``skeleton`` keeps
+# every statement that names one of them).
+LOADER_NAMES = ("CDLL", "PyDLL", "LoadLibrary", "cdll", "pydll")
+GLIBC_PROBE = "gnu_get_libc_version"
+_LOADER = re.compile(rb"\b(" + "|".join(LOADER_NAMES).encode("ascii") + rb")\b")
+_GLIBC_PROBE = GLIBC_PROBE.encode("ascii")
 # A plain ``import ctypes`` line in column 0: only a statement of the module body
 # itself can start there.  A trailing comment does not change that.
 _MODULE_LEVEL_IMPORT = re.compile(rb"(?m)^import ctypes\s*(?:#.*)?$")

@@ -81,13 +81,20 @@ def codemods_in_scope(source: bytes) -> frozenset[str]:
 def screen(source: bytes) -> tuple[frozenset[str], ast.Module | None]:
     """``codemods_in_scope``, and the tree it parsed (None where ``ast`` could not
     parse ``source``): the engine compiles that tree rather than the source again."""
+    tree = parse(source)
+    if tree is None:
+        return ALL, None  # let the codemods parse it and report what they find
+    return _in_scope(tree, source), tree
+
+
+def parse(source: bytes) -> ast.Module | None:
+    """``ast.parse(source)``; None where it fails (compiling the source says why)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid escapes etc.: not ours to report
-            tree = ast.parse(source)
+            return ast.parse(source)
     except Exception:  # SyntaxError, ValueError (NUL bytes), RecursionError, ...
-        return ALL, None  # let the codemods parse it and report what they find
-    return _in_scope(tree, source), tree
+        return None
 
 
 def _in_scope(tree: ast.Module, source: bytes) -> frozenset[str]:

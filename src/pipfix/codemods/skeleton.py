@@ -21,15 +21,12 @@ import ast
 import re
 from collections.abc import Iterator
 
+from .prefilter import GLIBC_PROBE, LOADER_NAMES
 from .screen import first_line, import_bindings, is_ctypes
 
-# Words the codemods look for (``screen`` and ``prefilter`` name the same ones).
-# A statement whose text holds none of them, nor a name a ctypes import binds,
-# is never read by a codemod.
-_WORDS = (
-    "ctypes", "CDLL", "PyDLL", "LoadLibrary", "cdll", "pydll", "gnu_get_libc_version",
-    "ImportError",
-)
+# Words the codemods look for.  A statement whose text holds none of them, nor
+# a name a ctypes import binds, is never read by a codemod.
+_WORDS = ("ctypes", *LOADER_NAMES, GLIBC_PROBE, "ImportError")
 _BOM = b"\xef\xbb\xbf"
 _COMPOUND = (
     ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.If, ast.For, ast.AsyncFor,

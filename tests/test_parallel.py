@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from pipfix import codemods, forking, parallel, patcher
+from pipfix import forking, parallel, patcher
+from pipfix.codemods import engine
 from pipfix.codemods.model import SourceResult
 from pipfix.errors import PipfixError, VerificationError
 from pipfix.shared_results import SharedResults
@@ -127,29 +130,41 @@ def test_jobs_must_be_positive(wheels: list[Path], tmp_path: Path) -> None:
     assert run.returncode == 2 and "must be at least 1" in run.stderr
 
 
+@pytest.mark.parametrize("server", ["served", "unreachable"])
 def test_a_module_in_several_wheels_is_transformed_once(
-    pinned_wheels: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: str, pinned_wheels: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Workers share results: each distinct source goes through the codemods once per run."""
+    """Each distinct source goes through the codemods once per run: in the run's
+    transform server or, where it cannot start (no Unix socket fits in a
+    temporary directory this deep), in the first worker that needs it, which
+    shares it with the others."""
     _forks_here()
     paths = []
     for copy in "abcd":  # the same wheel four times: every candidate module is shared
         (tmp_path / copy).mkdir()
         paths.append(tmp_path / copy / "pip-23.2.1-py3-none-any.whl")
         shutil.copyfile(pinned_wheels["pip-23.2.1-py3-none-any.whl"], paths[-1])
+    if server == "unreachable":
+        deep = tmp_path / ("d" * 100)
+        deep.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(deep))
     log = tmp_path / "transformed"
-    transform_source = codemods.transform_source
+    transform_source = engine.transform_source
 
-    def logged(path: str, source: bytes) -> SourceResult:  # runs in the workers
+    def logged(
+        path: str, source: bytes, in_scope: object = None, parsed: object = None
+    ) -> SourceResult:  # runs in the server, or in the workers
         with log.open("a") as out:
-            out.write(hashlib.sha256(source).hexdigest() + "\n")
-        return transform_source(path, source)
+            out.write(f"{os.getpid()} {hashlib.sha256(source).hexdigest()}\n")
+        return transform_source(path, source, in_scope, parsed)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(codemods, "transform_source", logged)
+    monkeypatch.setattr(engine, "transform_source", logged)
     monkeypatch.setattr(patcher, "_CACHE", patcher._TransformCache())  # forget earlier tests'
     plans = parallel.plan_all(paths, jobs=2)
-    transformed = log.read_text().split()
+    pids, transformed = zip(*(line.split() for line in log.read_text().splitlines()))
     assert transformed and len(transformed) == len(set(transformed))
+    assert len(set(pids)) == 1 if server == "served" else len(set(pids)) >= 1
+    assert os.getpid() not in map(int, pids)
     assert {plan.changes for plan in plans} == {patcher.plan(paths[0]).changes}
 
 

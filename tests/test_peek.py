@@ -104,18 +104,18 @@ def test_a_job_is_answered_from_ahead_only_for_the_same_source_and_scope(
 ) -> None:
     source = patcher.plan(pinned_wheels[PIP]).changes[0].before
     scope = codemods_in_scope(source)
-    marker = transform_helper._to_wire(SourceResult(b"computed ahead", (), ()))
+    marker = transform_helper.to_wire(SourceResult(b"computed ahead", (), ()))
     ahead = {source: (scope, marker)}
     assert transform_helper._answer(ahead, "mod.py", source, tuple(scope)) is marker
     other = source + b"\n"  # another source, same scope: computed, not the marker
     ahead = {source: (scope, marker)}
     answer = transform_helper._answer(ahead, "mod.py", other, tuple(scope))
-    assert answer == transform_helper._to_wire(transform_source("mod.py", other, scope))
+    assert answer == transform_helper.to_wire(transform_source("mod.py", other, scope))
     narrower = frozenset(sorted(scope)[:1])
     assert narrower != scope
     ahead = {source: (scope, marker)}
     answer = transform_helper._answer(ahead, "mod.py", source, narrower)
-    assert answer == transform_helper._to_wire(transform_source("mod.py", source, narrower))
+    assert answer == transform_helper.to_wire(transform_source("mod.py", source, narrower))
     assert transform_helper._answer({}, "mod.py", None, scope) is None  # type: ignore[arg-type]
 
 
@@ -127,13 +127,13 @@ def test_an_unscreened_job_is_answered_from_ahead_or_screened_by_the_helper(
     from pipfix import codemods
 
     source = patcher.plan(pinned_wheels[PIP]).changes[0].before
-    marker = transform_helper._to_wire(SourceResult(b"computed ahead", (), ()))
+    marker = transform_helper.to_wire(SourceResult(b"computed ahead", (), ()))
     ahead = {source: (codemods_in_scope(source), marker)}
     assert transform_helper._answer(ahead, "mod.py", source, None) is marker
     for unscreened in (source, b"import os\n", b"import ctypes\nctypes.CDLL('x')\n"):
         expected = codemods.transform_source("mod.py", unscreened)
         answer = transform_helper._answer({}, "mod.py", unscreened, None)
-        assert answer == transform_helper._to_wire(expected)
+        assert answer == transform_helper.to_wire(expected)
 
 
 def test_results_cross_the_pipe_unchanged() -> None:
@@ -141,5 +141,5 @@ def test_results_cross_the_pipe_unchanged() -> None:
     result = SourceResult(
         b"patched", ("dlopen-self", "ctypes-import"), (Unpatchable("m.py", 3, "why"),)
     )
-    wire = transform_helper._to_wire(result)
+    wire = transform_helper.to_wire(result)
     assert transform_helper._from_wire(marshal.loads(marshal.dumps(wire))) == result

@@ -2,10 +2,12 @@
 never different: its plans and outputs are those of this process, whatever
 happens to it, it holds none of this process's descriptors (locks), it
 imports libcst only for wheels whose plan runs the codemods, and the command
-line forks it before importing the rest of pipfix."""
+line forks it before importing the rest of pipfix.  The exchange and the
+descriptors are tested with the transform server too (a socket, not pipes)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -14,11 +16,12 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pipfix import parallel, patcher, transform_helper
+from pipfix import parallel, patcher, transform_helper, transform_server
 from pipfix.codemods import could_need_change
 from pipfix.codemods.engine import transform_source
 from pipfix.codemods.screen import codemods_in_scope
@@ -41,12 +44,36 @@ def fresh_transforms(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-@pytest.fixture
-def helper() -> Iterator[transform_helper.TransformHelper]:
-    started = transform_helper.TransformHelper.start()
-    assert started is not None
-    yield started
-    started.close()
+@dataclass
+class Channel:
+    """A client of a helper: the serial run's (pipes) or the transform server's (a socket)."""
+
+    client: transform_helper.TransformHelper
+    pid: int  # the helper's
+    descriptors: int  # that the helper keeps but 0-2, once it serves this client
+
+
+@pytest.fixture(params=["pipes", "socket"])
+def helper(request: pytest.FixtureRequest) -> Iterator[Channel]:
+    """Each test taking it runs with both: the exchange is the same code."""
+    if request.param == "pipes":
+        started = transform_helper.TransformHelper.start()
+        assert started is not None
+        pid = started.pid
+        yield Channel(started, pid, len(started.pipe_ends))
+        started.close()
+    else:
+        server = transform_server.TransformServer.start()
+        assert server is not None
+        pid = server.pid
+        client = server.join()
+        assert client is not None
+        yield Channel(client, pid, 3)  # its listener, its lifeline, this client
+        client.close()
+        server.close()
+        assert not server.directory.exists()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped
 
 
 def _job(source: bytes) -> tuple[bytes, str, bytes, frozenset[str]]:
@@ -133,15 +160,15 @@ def test_a_dead_helper_leaves_the_work_to_this_process(
 
 
 def test_answers_match_the_engine_and_a_failing_job_is_answered_none(
-    pinned_wheels: dict[str, Path], helper: transform_helper.TransformHelper
+    pinned_wheels: dict[str, Path], helper: Channel
 ) -> None:
     source = _glibc_module(pinned_wheels)
     key, path, _, in_scope = _job(source)
-    helper.submit(b"broken", path, None, in_scope)  # type: ignore[arg-type]
-    helper.submit(key, path, source, in_scope)
-    assert helper.result(b"broken") is None  # the caller computes it, and meets the error
-    assert helper.result(key) == transform_source(path, source, in_scope)
-    assert helper.result(b"never submitted") is None
+    helper.client.submit(b"broken", path, None, in_scope)  # type: ignore[arg-type]
+    helper.client.submit(key, path, source, in_scope)
+    assert helper.client.result(b"broken") is None  # the caller computes it, meets the error
+    assert helper.client.result(key) == transform_source(path, source, in_scope)
+    assert helper.client.result(b"never submitted") is None
 
 
 class Hang(Exception):
@@ -163,52 +190,57 @@ def deadline() -> Iterator[None]:
 
 
 def test_large_jobs_and_answers_do_not_block_either_side(
-    helper: transform_helper.TransformHelper, deadline: None
+    helper: Channel, deadline: None
 ) -> None:
-    # Each answer holds its source again: 64 x 256 KiB fills both pipes many times over.
+    # Each answer holds its source again: 64 x 256 KiB fills both ways many times over.
     sources = [b"x = %d\n" % i * 40000 for i in range(64)]
     keys = [hashlib.sha256(s).digest() for s in sources]
     for key, source in zip(keys, sources):
-        helper.submit(key, "big.py", source, frozenset({"ctypes-import"}))
+        helper.client.submit(key, "big.py", source, frozenset({"ctypes-import"}))
     for key, source in zip(keys, sources):
-        answer = helper.result(key)
+        answer = helper.client.result(key)
         assert answer is not None and answer.source == source
 
 
-def test_the_helper_holds_no_descriptor_of_this_process(
-    tmp_path: Path, pinned_wheels: dict[str, Path]
-) -> None:
+@pytest.fixture
+def held_lock(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A file this process holds an exclusive ``flock`` on (taken before the helper starts)."""
     lock_file = tmp_path / "lock"
     held = os.open(lock_file, os.O_RDWR | os.O_CREAT)
     fcntl.flock(held, fcntl.LOCK_EX)
-    started = transform_helper.TransformHelper.start()
-    assert started is not None
+    yield lock_file, held
+    with contextlib.suppress(OSError):
+        os.close(held)
+
+
+def test_the_helper_holds_no_descriptor_of_this_process(
+    held_lock: tuple[Path, int], helper: Channel, pinned_wheels: dict[str, Path]
+) -> None:
+    lock_file, held = held_lock
+    source = _glibc_module(pinned_wheels)
+    key, path, _, in_scope = _job(source)
+    helper.client.submit(key, path, source, in_scope)
+    assert helper.client.result(key) is not None  # the helper is past its set-up
+    kept = sorted(int(fd) for fd in os.listdir(f"/proc/{helper.pid}/fd"))
+    assert kept[:3] == [0, 1, 2] and len(kept) == 3 + helper.descriptors, kept
+    os.close(held)  # releases the lock: no copy of the descriptor holds it
+    again = os.open(lock_file, os.O_RDWR)
     try:
-        source = _glibc_module(pinned_wheels)
-        key, path, _, in_scope = _job(source)
-        started.submit(key, path, source, in_scope)
-        assert started.result(key) is not None  # the helper is past its set-up
-        kept = sorted(int(fd) for fd in os.listdir(f"/proc/{started.pid}/fd"))
-        assert kept == [0, 1, 2, *sorted(started.pipe_ends)], kept
-        os.close(held)  # releases the lock: no copy of the descriptor holds it
-        again = os.open(lock_file, os.O_RDWR)
-        try:
-            fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        finally:
-            os.close(again)
+        fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
-        started.close()
-    with pytest.raises(ChildProcessError):
-        os.waitpid(started.pid, os.WNOHANG)  # reaped
+        os.close(again)
 
 
-def test_no_helper_while_another_thread_runs() -> None:
+@pytest.mark.parametrize(
+    "kind", [transform_helper.TransformHelper, transform_server.TransformServer]
+)
+def test_no_helper_while_another_thread_runs(kind: type) -> None:
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()
     try:
         assert not transform_helper.may_fork()
-        assert transform_helper.TransformHelper.start() is None
+        assert kind.start() is None
     finally:
         stop.set()
         other.join()
@@ -241,14 +273,18 @@ def test_runs_that_need_no_codemod_import_no_libcst(
 
 
 _RECORD_STARTS = (
-    "import sys\nfrom pipfix import cli, transform_helper\n"
-    "start = transform_helper.TransformHelper.start.__func__\n"
-    "def recorded(cls, looking_at=(), use_cache=False):\n"
-    "    print('start', sorted(m for m in ('argparse', 'pipfix.operations', 'hashlib', 'pickle')\n"
-    "                 if m in sys.modules),\n"
-    "          [str(p) for p in looking_at], use_cache)\n"
-    "    return start(cls, looking_at, use_cache)\n"
-    "transform_helper.TransformHelper.start = classmethod(recorded)\n"
+    "import sys\nfrom pipfix import cli, transform_helper, transform_server\n"
+    "def recording(kind, start):\n"
+    "    def recorded(cls, looking_at=(), use_cache=False):\n"
+    "        print('start', kind,\n"
+    "              sorted(m for m in ('argparse', 'pipfix.operations', 'hashlib', 'pickle')\n"
+    "                     if m in sys.modules),\n"
+    "              [str(p) for p in looking_at], use_cache)\n"
+    "        return start(cls, looking_at, use_cache)\n"
+    "    return classmethod(recorded)\n"
+    "for kind, cls in (('helper', transform_helper.TransformHelper),\n"
+    "                  ('server', transform_server.TransformServer)):\n"
+    "    cls.start = recording(kind, cls.start.__func__)\n"
     "sys.exit(cli.main(sys.argv[1:]))\n"
 )
 
@@ -256,20 +292,21 @@ _RECORD_STARTS = (
 @pytest.mark.parametrize(
     ("jobs", "expected"),
     [
-        ([], "early"),  # two wheels: serial by default
-        (["-j", "1"], "early"),
-        (["--jobs=1"], "early"),
-        (["-j2"], "none"),
-        (["--job", "2"], "stopped"),  # argparse's abbreviation: read as serial, parsed as not
+        ([], ["helper"]),  # two wheels: serial by default
+        (["-j", "1"], ["helper"]),
+        (["--jobs=1"], ["helper"]),
+        (["-j2"], ["server"]),
+        (["--job", "2"], ["helper", "server"]),  # argparse's abbreviation: read as serial
     ],
 )
 def test_the_command_line_forks_the_helper_before_parsing_its_arguments(
-    jobs: list[str], expected: str, pinned_wheels: dict[str, Path], tmp_path: Path
+    jobs: list[str], expected: list[str], pinned_wheels: dict[str, Path], tmp_path: Path
 ) -> None:
-    """A serial run starts one helper, looking at its wheels, before argparse,
-    ``operations``, hashlib or pickle is imported (the helper needs none of them
-    on the way to its answers); a run with workers starts none, or stops the one
-    its command line was read to start (and runs as it would without it)."""
+    """A serial run starts one helper, a run with workers one server, looking at
+    its wheels, before argparse, ``operations``, hashlib or pickle is imported
+    (neither needs them on the way to its answers).  A command line read as
+    serial but parsed as not has its helper stopped and the run starts a server
+    (later, and runs as it would have)."""
     wheels = [str(pinned_wheels[PIP]), str(pinned_wheels[SETUPTOOLS])]
     command = [sys.executable, "-c", _RECORD_STARTS, "patch-wheel", "-q", "--no-cache"]
     result = run(
@@ -278,18 +315,20 @@ def test_the_command_line_forks_the_helper_before_parsing_its_arguments(
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [PIP, SETUPTOOLS]
     starts = [line for line in result.stdout.splitlines() if line.startswith("start ")]
-    assert starts == ([] if expected == "none" else [f"start [] {wheels!r} False"]), result.stdout
+    assert [line.split()[1] for line in starts] == expected, result.stdout
+    assert starts[0] == f"start {expected[0]} [] {wheels!r} False", result.stdout
 
 
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [
-        (["patch-wheel", "a.whl", "-o", "out"], (["a.whl"], True)),
+        (["patch-wheel", "a.whl", "-o", "out"], (["a.whl"], True, False)),
         (["patch-wheel", "--no-cache", "a.whl", "b.whl", "--in-place"],
-         (["a.whl", "b.whl"], False)),
+         (["a.whl", "b.whl"], False, False)),
         (["patch-wheel", "-j", "1", *[f"{n}.whl" for n in "abcdefgh"], "-o", "out"],
-         ([f"{n}.whl" for n in "abcdefgh"], True)),
-        (["patch-wheel", "-j", "2", "a.whl", "b.whl", "-o", "out"], None),
+         ([f"{n}.whl" for n in "abcdefgh"], True, False)),
+        (["patch-wheel", "-j", "2", "a.whl", "b.whl", "-o", "out"],
+         (["a.whl", "b.whl"], True, True)),
         (["patch-wheel", "--jobs", "x", "a.whl"], None),
         (["patch-wheel", "--help"], None),
         (["patch-wheel", "-o", "out"], None),
@@ -299,17 +338,20 @@ def test_the_command_line_forks_the_helper_before_parsing_its_arguments(
     ],
 )
 def test_the_command_line_read_before_argparse(
-    arguments: list[str], expected: tuple[list[str], bool] | None, monkeypatch: pytest.MonkeyPatch
+    arguments: list[str],
+    expected: tuple[list[str], bool, bool] | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What the head start reads; eight wheels would run workers by default."""
     from pipfix import cli, forking
 
     monkeypatch.setattr(forking, "usable_cpus", lambda: 2)
-    found = cli._serial_patch_wheel(arguments)
-    assert found == (None if expected is None else ([Path(w) for w in expected[0]], expected[1]))
+    found = cli._early_patch_wheel(arguments)
+    assert found == (None if expected is None else ([Path(w) for w in expected[0]], *expected[1:]))
     if expected is None or len(expected[0]) < 8:
         return
-    assert cli._serial_patch_wheel([a for a in arguments if a not in ("-j", "1")]) is None
+    by_default = cli._early_patch_wheel([a for a in arguments if a not in ("-j", "1")])
+    assert by_default is not None and by_default[2]
 
 
 def _gone(pid: int) -> bool:
@@ -325,7 +367,7 @@ def test_an_early_helper_serves_the_run_or_is_stopped(
     pinned_wheels: dict[str, Path], fresh_transforms: None
 ) -> None:
     wheel = pinned_wheels[PIP]
-    with transform_helper.started_early([wheel], use_cache=False):
+    with transform_helper.started_early([wheel], use_cache=False, workers=False):
         early = transform_helper._early
         assert early is not None
         pid = early.pid
@@ -338,7 +380,7 @@ def test_an_early_helper_serves_the_run_or_is_stopped(
     alone = patcher.plan(wheel)
     assert helped[0].changes == alone.changes and helped[0].build() == alone.build()
 
-    with transform_helper.started_early([wheel], use_cache=False):
+    with transform_helper.started_early([wheel], use_cache=False, workers=False):
         unused = transform_helper._early
         assert unused is not None
         pid = unused.pid

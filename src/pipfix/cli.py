@@ -4,12 +4,13 @@ Nothing here decides what to patch; it only parses arguments, calls the API
 and prints (human lines or ``--json``). User errors become one line on stderr
 and a documented exit code, never a traceback.
 
-The operations are imported by each command, not with this module: a serial
-``patch-wheel`` first forks its transform helper (``transform_helper.started_early``),
-which then imports libcst while this process imports the rest of pipfix.  It is
-forked even before argparse is imported and the parser built (``_serial_patch_wheel``
-reads the command line for it); the handler stops it if the parsed command runs
-workers after all.
+The operations are imported by each command, not with this module:
+``patch-wheel`` first forks its transform helper (``transform_helper.started_early``:
+for a serial run, or one serving every worker of a parallel run), which then
+imports libcst while this process imports the rest of pipfix.  It is forked even
+before argparse is imported and the parser built (``_early_patch_wheel`` reads the
+command line for it); a run that turns out to be of the other kind does not use
+it, and it is stopped.
 """
 
 from __future__ import annotations
@@ -127,12 +128,6 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _cmd_patch_wheel(args: argparse.Namespace) -> int:
-    from . import forking, transform_helper
-
-    if forking.planned_workers(len(args.wheels), args.jobs) >= 2:
-        helper = transform_helper.take_early()  # workers do the transforms: no helper
-        if helper is not None:
-            helper.close()
     from . import operations
 
     report = operations.patch_wheel(
@@ -317,13 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serial_patch_wheel(arguments: Sequence[str]) -> tuple[list[Path], bool] | None:
-    """The wheels of a ``patch-wheel`` command line that runs serially, and whether
-    it may use the cache, read before argparse is even imported: the transform
-    helper's head start.  None for other commands, for ``--help``, or where a
-    ``-j`` value does not read as a number.  A guess never decides anything: the
-    helper only looks at these paths, and the parsed command stops it if it runs
-    workers after all (``_cmd_patch_wheel``)."""
+def _early_patch_wheel(arguments: Sequence[str]) -> tuple[list[Path], bool, bool] | None:
+    """The wheels of a ``patch-wheel`` command line, whether it may use the cache
+    and whether it runs workers, read before argparse is even imported: the
+    transform helper's head start.  None for other commands, for ``--help``, or
+    where a ``-j`` value does not read as a number.  A guess never decides
+    anything: the helper only looks at these paths, and a run of the other kind
+    (serial or with workers) leaves it unused (``transform_helper.take_early``)."""
     from . import forking
 
     if not arguments or arguments[0] != "patch-wheel" or "--" in arguments:
@@ -344,19 +339,19 @@ def _serial_patch_wheel(arguments: Sequence[str]) -> tuple[list[Path], bool] | N
             jobs = int(word[2:])
         elif word.endswith(".whl") and not word.startswith("-"):
             wheels.append(Path(word))
-    if not wheels or forking.planned_workers(len(wheels), jobs) >= 2:
+    if not wheels:
         return None
-    return wheels, "--no-cache" not in arguments
+    return wheels, "--no-cache" not in arguments, forking.planned_workers(len(wheels), jobs) >= 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     early: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    serial = _serial_patch_wheel(arguments)
-    if serial is not None:
+    patch_wheel = _early_patch_wheel(arguments)
+    if patch_wheel is not None:
         from . import transform_helper
 
-        early = transform_helper.started_early(*serial)
+        early = transform_helper.started_early(*patch_wheel)
     with early:
         return _parsed_and_run(arguments)
 

@@ -3,9 +3,11 @@
 Verifying a wheel (inflate and hash every member) and running the codemods
 are CPU-bound and independent from wheel to wheel, so a run over many wheels
 (``patch-wheel`` on a directory of them, ``apply --all``) forks workers that
-each verify, plan, build and check one wheel at a time; a source file met in
-several wheels is transformed by one worker and read by the others
-(``shared_results``); the parent receives the finished plans in input order
+each verify, plan, build and check one wheel at a time, while one helper
+(``transform_server``, forked first) imports libcst once and transforms for
+all of them, each distinct source once (without it, a source file met in
+several wheels is transformed by one worker and read by the others:
+``shared_results``); the parent receives the finished plans in input order
 and does all the writing, under its locks, exactly as a serial run does (it may
 prepare each output while the workers go on: ``on_plan``).  The output bytes
 are the same either way: a plan depends only on its input.
@@ -27,10 +29,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import patcher, wheelfile
 from .forking import fork_is_safe, planned_workers
 from .shared_results import SharedResults
+
+if TYPE_CHECKING:
+    from .transform_server import TransformServer
 
 # A serial run verifies and screens this many wheels ahead of the one whose
 # plan it finishes: their modules go to the transform helper meanwhile.
@@ -71,6 +77,10 @@ def plan_all(
             while started:
                 _finish_next(started, plans, on_plan)
         return plans
+    from . import transform_helper, transform_server
+
+    early = transform_helper.take_early_server()
+    server = early or transform_server.TransformServer.start(paths, use_cache)
     import multiprocessing  # with concurrent.futures: 10-20 ms, for runs that fork only
     from concurrent.futures import ProcessPoolExecutor
 
@@ -78,7 +88,10 @@ def plan_all(
     shared = _shared_directory()
     try:
         with ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_join_run, initargs=(shared,)
+            max_workers=workers,
+            mp_context=context,
+            initializer=_join_run,
+            initargs=(shared, server),
         ) as pool:
             # The objects of the imports so far stay in the workers' memory as forked:
             # a collection there would relink (write) every one of them, copying its page.
@@ -100,6 +113,10 @@ def plan_all(
                 raise
             return plans
     finally:
+        if early is not None:
+            early.stop()  # ``started_early`` reaps it when the command is done
+        elif server is not None:
+            server.close()
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
 
@@ -120,10 +137,12 @@ def _shared_directory() -> Path | None:
         return None
 
 
-def _join_run(shared: Path | None) -> None:
-    """In a worker: share transform results with the run's other workers, and
-    reuse the payloads of the wheel verified just before (for its whole life)."""
-    patcher.share_transforms(None if shared is None else SharedResults(shared))
+def _join_run(shared: Path | None, server: TransformServer | None) -> None:
+    """In a worker: have the run's transform server compute the transforms, or
+    share their results with the run's other workers where it cannot, and reuse
+    the payloads of the wheel verified just before (for its whole life)."""
+    helper = None if server is None else server.join()
+    patcher.share_transforms(None if shared is None else SharedResults(shared), helper)
     wheelfile.start_reusing_payloads()
 
 

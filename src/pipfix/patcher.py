@@ -198,9 +198,12 @@ class _TransformCache:
         # sent unscreened, the helper screens it).
         self._in_scope: dict[bytes, frozenset[str] | None] = {}
 
-    def share(self, shared: SharedResults | None) -> None:
-        """Take results other processes computed from ``shared``, and leave ours there."""
+    def share(self, shared: SharedResults | None, helper: TransformHelper | None) -> None:
+        """Take results other processes computed from ``shared``, and leave ours
+        there; with ``helper`` (a client of the run's ``transform_server``), have
+        it compute them instead, for this process's whole life."""
         self._shared = shared
+        self._helper = helper
 
     @contextlib.contextmanager
     def helping(self, paths: Sequence[Path], use_cache: bool) -> Iterator[None]:
@@ -273,9 +276,10 @@ class _TransformCache:
 _CACHE = _TransformCache()
 
 
-def share_transforms(shared: SharedResults | None) -> None:
-    """Transform results of this process go to and come from ``shared`` (a worker's setup)."""
-    _CACHE.share(shared)
+def share_transforms(shared: SharedResults | None, helper: TransformHelper | None = None) -> None:
+    """Transform results of this process go to and come from ``shared``, or are
+    computed by ``helper``, the run's transform server (a worker's setup)."""
+    _CACHE.share(shared, helper)
 
 
 def transforms_in_a_helper(

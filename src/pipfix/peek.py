@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from . import provenance, zipraw
@@ -43,14 +43,22 @@ def is_likely(name: str) -> bool:
 def likely_transforms(paths: Sequence[Path], use_cache: bool) -> list[tuple[str, bytes]]:
     """(member name, source) of the likely modules (``LIKELY_FILE_NAMES``) the byte
     pre-filter lets through, in the first of ``paths`` that has any; unverified."""
-    for path in paths:
-        try:
-            found = _likely_in(path, use_cache)
-        except Exception:  # a guess: whatever is wrong, verification will say it
-            continue
+    for found in likely_transforms_each(paths, use_cache):
         if found:
             return found
     return []
+
+
+def likely_transforms_each(
+    paths: Sequence[Path], use_cache: bool
+) -> Iterator[list[tuple[str, bytes]]]:
+    """``likely_transforms`` of each of ``paths`` in turn, one wheel read per step
+    (empty for a wheel that cannot be read: verification will say what is wrong)."""
+    for path in paths:
+        try:
+            yield _likely_in(path, use_cache)
+        except Exception:  # a guess: whatever is wrong, verification will say it
+            yield []
 
 
 def _likely_in(path: Path, use_cache: bool) -> list[tuple[str, bytes]]:

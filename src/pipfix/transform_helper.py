@@ -40,13 +40,14 @@ from .forking import fork_is_safe, usable_cpus
 
 if TYPE_CHECKING:
     from .codemods.model import SourceResult
+    from .transform_server import TransformServer
 
     # A result as it crosses a pipe: (source, applied, ((path, line, reason), ...)).
-    _Wire = tuple[bytes, tuple[str, ...], tuple[tuple[str, int, str], ...]]
+    Wire = tuple[bytes, tuple[str, ...], tuple[tuple[str, int, str], ...]]
     # Results computed ahead, by the source they were computed from.
-    _Ahead = dict[bytes, tuple[frozenset[str], "_Wire"]]
+    _Ahead = dict[bytes, tuple[frozenset[str], "Wire"]]
 
-_LENGTH = struct.Struct("!Q")
+FRAME_HEADER = struct.Struct("!Q")
 _CHUNK = 1 << 16
 
 
@@ -59,8 +60,10 @@ def may_fork() -> bool:
 class TransformHelper:
     """The parent's end: send modules with ``submit``, collect with ``result``."""
 
-    def __init__(self, pid: int, to_helper: int, from_helper: int, ends: tuple[int, int]) -> None:
-        self._pid = pid
+    def __init__(
+        self, pid: int, to_helper: int, from_helper: int, ends: tuple[int, ...] = ()
+    ) -> None:
+        self._pid = pid  # 0: not this process's child (a client of ``transform_server``)
         self.pipe_ends = ends  # the helper's descriptors (the only ones it keeps but 0-2)
         self._to_helper = to_helper
         self._from_helper = from_helper
@@ -99,6 +102,21 @@ class TransformHelper:
         os.set_blocking(jobs_write, False)  # never blocks: see _exchange
         return cls(pid, jobs_write, answers_read, (jobs_read, answers_write))
 
+    @classmethod
+    def connected(cls, address: str) -> TransformHelper | None:
+        """A client of the helper serving at the Unix socket ``address``
+        (``transform_server``); None where it cannot connect."""
+        import socket
+
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                connection.connect(address)
+                connection.setblocking(False)  # never blocks: see _exchange
+                fd = connection.detach()
+        except OSError:
+            return None
+        return cls(0, fd, fd)
+
     @property
     def pid(self) -> int:
         return self._pid
@@ -113,7 +131,7 @@ class TransformHelper:
             return
         self._submitted.add(key)
         job = marshal.dumps((key, path, source, None if in_scope is None else tuple(in_scope)))
-        self._outgoing += _LENGTH.pack(len(job)) + job
+        self._outgoing += FRAME_HEADER.pack(len(job)) + job
         self._exchange(wait_for=None)
 
     def result(self, key: bytes) -> SourceResult | None:
@@ -124,7 +142,8 @@ class TransformHelper:
         return self._results.pop(key, None)
 
     def stop(self) -> None:
-        """Stop the helper (it has nothing to save) without waiting for it to go."""
+        """Stop the helper (it has nothing to save) without waiting for it to go;
+        a client only lets go of its connection."""
         self._stopped()
         if self._pid != 0:  # not reaped: the pid is still this child's
             with contextlib.suppress(OSError):
@@ -132,9 +151,9 @@ class TransformHelper:
 
     def close(self) -> None:
         """Stop the helper if it still runs, and reap it."""
+        self.stop()
         if self._pid == 0:
             return
-        self.stop()
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self._pid, 0)
         self._pid = 0
@@ -142,7 +161,7 @@ class TransformHelper:
     def _stopped(self) -> None:
         if self._running:
             self._running = False
-            _close(self._to_helper, self._from_helper)
+            _close(*{self._to_helper, self._from_helper})  # one socket for a client
 
     def _exchange(self, wait_for: bytes | None) -> None:
         """Write pending jobs and read answers as the pipes allow; until ``wait_for``'s
@@ -152,19 +171,22 @@ class TransformHelper:
         the helper blocks on a full answer pipe would wait for ever.
         """
         while self._running and (wait_for is None or wait_for not in self._results):
+            wanted = {self._from_helper: select.POLLIN}
+            if self._outgoing:  # a client's socket is both ends: one registration for both
+                wanted[self._to_helper] = wanted.get(self._to_helper, 0) | select.POLLOUT
             poller = select.poll()
-            poller.register(self._from_helper, select.POLLIN)
-            if self._outgoing:
-                poller.register(self._to_helper, select.POLLOUT)
+            for fd, mask in wanted.items():
+                poller.register(fd, mask)
             events = poller.poll(None if wait_for is not None else 0)
             if not events:
                 return
-            for fd, _event in events:
-                if not self._running:
-                    break
-                if fd == self._to_helper:
+            one_socket = self._to_helper == self._from_helper
+            for fd, event in events:
+                writable = fd == self._to_helper and (not one_socket or event & select.POLLOUT)
+                if self._running and writable:
                     self._write()
-                else:
+                readable = fd == self._from_helper and (not one_socket or event & ~select.POLLOUT)
+                if self._running and readable:
                     self._read()
 
     def _write(self) -> None:
@@ -180,18 +202,20 @@ class TransformHelper:
     def _read(self) -> None:
         try:
             chunk = os.read(self._from_helper, _CHUNK)
+        except BlockingIOError:  # a client's socket is non-blocking both ways
+            return
         except OSError:
             chunk = b""
         if not chunk:  # the helper is gone: what it did not answer is computed here
             self._stopped()
             return
         self._incoming += chunk
-        while len(self._incoming) >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(self._incoming)
-            end = _LENGTH.size + length
+        while len(self._incoming) >= FRAME_HEADER.size:
+            (length,) = FRAME_HEADER.unpack_from(self._incoming)
+            end = FRAME_HEADER.size + length
             if len(self._incoming) < end:
                 return
-            key, wire = marshal.loads(self._incoming[_LENGTH.size : end])
+            key, wire = marshal.loads(self._incoming[FRAME_HEADER.size : end])
             del self._incoming[:end]
             self._results[key] = None if wire is None else _from_wire(wire)
 
@@ -202,33 +226,58 @@ def _close(*fds: int) -> None:
             os.close(fd)
 
 
-_early: TransformHelper | None = None
+_early: TransformHelper | TransformServer | None = None
 
 
 @contextlib.contextmanager
-def started_early(looking_at: Sequence[Path], use_cache: bool) -> Iterator[None]:
+def started_early(looking_at: Sequence[Path], use_cache: bool, workers: bool) -> Iterator[None]:
     """For the command line: fork the helper now, before the rest of pipfix is
-    imported, for the serial run made within this block (``take_early`` hands it
-    to that run, which stops it as soon as its modules are in); stopped if no run
-    took it, and reaped, at the end of the block."""
+    imported, for the run made within this block: a ``TransformHelper`` for a
+    serial run or, with ``workers``, a ``transform_server.TransformServer`` for
+    a parallel one (``take_early`` and ``take_early_server`` hand it to that
+    run, which stops it as soon as its modules are in); stopped if no run took
+    it, and reaped, at the end of the block."""
     global _early
-    _early = started = TransformHelper.start(looking_at, use_cache)
+    started: TransformHelper | TransformServer | None
+    if workers:
+        from .transform_server import TransformServer
+
+        started = TransformServer.start(looking_at, use_cache)
+    else:
+        started = TransformHelper.start(looking_at, use_cache)
+    _early = started
     try:
         yield
     finally:
-        take_early()
+        _early = None
         if started is not None:
             started.close()  # the run only stopped it: its exit overlapped the run's end
 
 
 def take_early() -> TransformHelper | None:
-    """The helper ``started_early`` forked, once (None if there is none)."""
+    """The serial run's helper ``started_early`` forked, once (None if there is
+    none; a helper started for workers is stopped: this run would not use it)."""
     global _early
     taken, _early = _early, None
+    if isinstance(taken, TransformHelper):
+        return taken
+    if taken is not None:
+        taken.stop()
+    return None
+
+
+def take_early_server() -> TransformServer | None:
+    """The parallel run's helper ``started_early`` forked, once (None if there is
+    none; a serial run's helper is stopped: this run would not use it)."""
+    global _early
+    taken, _early = _early, None
+    if isinstance(taken, TransformHelper):
+        taken.stop()
+        return None
     return taken
 
 
-def _to_wire(result: SourceResult) -> _Wire:
+def to_wire(result: SourceResult) -> Wire:
     return (
         result.source,
         result.applied,
@@ -236,7 +285,7 @@ def _to_wire(result: SourceResult) -> _Wire:
     )
 
 
-def _from_wire(wire: _Wire) -> SourceResult:
+def _from_wire(wire: Wire) -> SourceResult:
     from .codemods.model import SourceResult, Unpatchable
 
     source, applied, unpatchable = wire
@@ -249,22 +298,31 @@ def transforms_ahead(looking_at: Sequence[Path], use_cache: bool) -> _Ahead:
     """What the helper computes before any job: the results of the modules ``peek``
     finds, by their source (with the codemods in scope for them), so that the job
     that asks for one, with the same codemods in scope, is answered at once."""
-    from .codemods.model import SourceResult
-    from .codemods.screen import screen
     from .peek import likely_transforms
 
     ahead: _Ahead = {}
     for path, source in likely_transforms(looking_at, use_cache):
-        in_scope, parsed = screen(source)
-        if not in_scope:  # unchanged: the job for it (sent unscreened) is answered at once
-            ahead[source] = (in_scope, _to_wire(SourceResult(source, (), ())))
-            continue
-        from .codemods.engine import transform_source  # libcst: due, the pre-filter let it by
-
-        with contextlib.suppress(Exception):  # the job then computes it (and fails) itself
-            result = transform_source(path, source, in_scope, parsed)
-            ahead[source] = (in_scope, _to_wire(result))
+        known = transform_ahead(path, source)
+        if known is not None:
+            ahead[source] = known
     return ahead
+
+
+def transform_ahead(path: str, source: bytes) -> tuple[frozenset[str], Wire] | None:
+    """The codemods in scope for ``source`` (its screen) and its result; None where
+    the transform raises (the job that asks for it then computes it, and fails, itself)."""
+    from .codemods.model import SourceResult
+    from .codemods.screen import screen
+
+    in_scope, parsed = screen(source)
+    if not in_scope:  # unchanged: the job for it (sent unscreened) is answered at once
+        return in_scope, to_wire(SourceResult(source, (), ()))
+    from .codemods.engine import transform_source  # libcst: due, the pre-filter let it by
+
+    try:
+        return in_scope, to_wire(transform_source(path, source, in_scope, parsed))
+    except Exception:
+        return None
 
 
 def _serve(jobs: int, answers: int, looking_at: Sequence[Path], use_cache: bool) -> NoReturn:
@@ -274,17 +332,17 @@ def _serve(jobs: int, answers: int, looking_at: Sequence[Path], use_cache: bool)
     try:
         gc.freeze()  # this process's objects are the parent's: never finalize them here
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the helper with its parent
-        _keep_only(jobs, answers)
+        keep_only(jobs, answers)
         ahead = transforms_ahead(looking_at, use_cache)
         with os.fdopen(jobs, "rb") as reader, os.fdopen(answers, "wb") as writer:
             while True:
-                header = reader.read(_LENGTH.size)
-                if len(header) < _LENGTH.size:
+                header = reader.read(FRAME_HEADER.size)
+                if len(header) < FRAME_HEADER.size:
                     break
-                (length,) = _LENGTH.unpack(header)
+                (length,) = FRAME_HEADER.unpack(header)
                 key, path, source, in_scope = marshal.loads(reader.read(length))
                 answer = marshal.dumps((key, _answer(ahead, path, source, in_scope)))
-                writer.write(_LENGTH.pack(len(answer)) + answer)
+                writer.write(FRAME_HEADER.pack(len(answer)) + answer)
                 writer.flush()
         code = 0
     finally:
@@ -293,7 +351,7 @@ def _serve(jobs: int, answers: int, looking_at: Sequence[Path], use_cache: bool)
 
 def _answer(
     ahead: _Ahead, path: str, source: bytes, in_scope: Collection[str] | None
-) -> _Wire | None:
+) -> Wire | None:
     """The result of one job: from ``ahead`` (computed with this helper's own screen
     of the same source, so for an unscreened job too), or computed (None if that
     raises: the parent computes it, and meets the error itself)."""
@@ -303,12 +361,12 @@ def _answer(
             return known[1]
         from .codemods.engine import transform_source  # in_scope None: it screens first
 
-        return _to_wire(transform_source(path, source, in_scope))
+        return to_wire(transform_source(path, source, in_scope))
     except Exception:
         return None
 
 
-def _keep_only(*kept: int) -> None:
+def keep_only(*kept: int) -> None:
     """Close every inherited descriptor but ``kept`` and standard error (where
     ``-X importtime`` and the like report, as for this process); standard input
     and output become /dev/null."""

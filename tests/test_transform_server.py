@@ -142,21 +142,25 @@ def _likely_each(wheels: list[Path]) -> list[list[tuple[str, bytes]]]:
 _ORPHANED = (
     "import os\nfrom pipfix.transform_server import TransformServer\n"
     "os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # the server's: not this test's pipe\n"
-    "server = TransformServer.start()\nprint(server.pid, flush=True)\nos._exit(0)\n"
+    "server = TransformServer.start()\nprint(server.pid, server.directory, flush=True)\n"
+    "os._exit(0)\n"
 )
 
 
 def test_the_server_ends_with_the_process_that_started_it(tmp_path: Path) -> None:
-    """That process is gone without stopping it (killed, say): its lifeline ends."""
+    """That process is gone without stopping it (killed, say): its lifeline ends,
+    and the server removes its socket and directory."""
     result = run([sys.executable, "-c", _ORPHANED], env=clean_env(PYTHONPATH=str(SRC)))
     assert result.returncode == 0, result.stderr
-    pid = int(result.stdout)
+    pid_text, directory = result.stdout.split()
+    pid = int(pid_text)
     try:
         for _ in range(500):
             if not _running(pid):
                 break
             threading.Event().wait(0.01)
         assert not _running(pid)
+        assert not Path(directory).exists()
     finally:
         if _running(pid):
             os.kill(pid, signal.SIGKILL)

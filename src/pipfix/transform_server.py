@@ -14,7 +14,8 @@ keeps no inherited descriptor but its socket, its lifeline and standard error,
 and leaves with ``os._exit``; every failure of it leaves the module to the
 worker that asked, which then does what it does without a helper.  It ends
 with the run's parent: it serves until its lifeline, a pipe whose other end
-only the parent holds, reads end of file.
+only the parent holds, reads end of file, and then removes its socket and
+directory, so that a parent killed mid-run leaves neither behind.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class TransformServer:
                 return None
             if pid == 0:
                 os.close(lifeline_write)
-                _serve(listener, lifeline_read, looking_at, use_cache)
+                _serve(listener, lifeline_read, directory, looking_at, use_cache)
         os.close(lifeline_read)
         return cls(pid, directory, lifeline_write)
 
@@ -183,15 +184,23 @@ class _Answers:
 
 
 def _serve(
-    listener: socket.socket, lifeline: int, looking_at: Sequence[Path], use_cache: bool
+    listener: socket.socket,
+    lifeline: int,
+    directory: Path,
+    looking_at: Sequence[Path],
+    use_cache: bool,
 ) -> NoReturn:
-    """In the helper: ``_answer_until_the_lifeline_ends``; never returns."""
+    """In the helper: ``_answer_until_the_lifeline_ends``, then remove the socket and
+    its directory (the parent, if it was killed, cannot); never returns."""
     code = 1
     try:
         gc.freeze()  # this process's objects are the parent's: never finalize them here
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the helper with its parent
         keep_only(listener.fileno(), lifeline)
         _answer_until_the_lifeline_ends(listener, lifeline, _Answers(looking_at, use_cache))
+        with contextlib.suppress(OSError):  # a parent that stops it removes them too
+            os.unlink(directory / _SOCKET_NAME)
+            os.rmdir(directory)
         code = 0
     finally:
         os._exit(code)

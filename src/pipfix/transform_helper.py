@@ -21,6 +21,10 @@ from this process's own child, over a pipe no other process holds.  Every failur
 helper (it cannot start, it dies, a transform raises there) leaves the module
 to this process, which then does exactly what it does without a helper: a
 helper can make a run faster, never different.
+
+The parent's end, ``TransformHelper``, is also how each worker of a parallel
+run talks to that run's helper (``transform_server``): one socket instead of
+two pipes, the same frames.
 """
 
 from __future__ import annotations

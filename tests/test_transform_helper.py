@@ -388,3 +388,26 @@ def test_an_early_helper_serves_the_run_or_is_stopped(
     assert transform_helper._early is None
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # stopped and reaped at the end of the block
+
+
+@pytest.mark.parametrize("started_for_workers", [True, False])
+def test_an_early_helper_of_the_other_kind_is_stopped_by_the_run(
+    started_for_workers: bool, pinned_wheels: dict[str, Path], fresh_transforms: None
+) -> None:
+    """The command line guessed wrong: a serial run stops the server started for
+    workers (and forks its own helper), a run with workers stops the serial
+    helper (and forks its own server); both are reaped when the command is done."""
+    wheels = [pinned_wheels[PIP], pinned_wheels[SETUPTOOLS]]
+    with transform_helper.started_early(wheels, use_cache=False, workers=started_for_workers):
+        early = transform_helper._early
+        assert early is not None
+        pid = early.pid
+        plans = parallel.plan_all(wheels, jobs=1 if started_for_workers else 2)
+        assert transform_helper._early is None
+        assert _gone(pid)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    patcher._CACHE = patcher._TransformCache()
+    for plan, wheel in zip(plans, wheels):
+        alone = patcher.plan(wheel)
+        assert plan.changes == alone.changes and plan.build() == alone.build()

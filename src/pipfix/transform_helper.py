@@ -38,7 +38,7 @@ import signal
 import struct
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from .forking import fork_is_safe, usable_cpus
 
@@ -51,8 +51,28 @@ if TYPE_CHECKING:
     # Results computed ahead, by the source they were computed from.
     _Ahead = dict[bytes, tuple[frozenset[str], "Wire"]]
 
-FRAME_HEADER = struct.Struct("!Q")
-_CHUNK = 1 << 16
+_FRAME_HEADER = struct.Struct("!Q")
+CHUNK = 1 << 16  # bytes read or written at once
+
+
+def frame(message: Any) -> bytes:
+    """``message`` (a job or an answer) as it crosses a pipe or socket: its length, then
+    its ``marshal`` data."""
+    data = marshal.dumps(message)
+    return _FRAME_HEADER.pack(len(data)) + data
+
+
+def take_messages(pending: bytearray) -> list[Any]:
+    """The messages framed whole at the start of ``pending``, which keeps the rest."""
+    messages: list[Any] = []
+    while len(pending) >= _FRAME_HEADER.size:
+        (length,) = _FRAME_HEADER.unpack_from(pending)
+        end = _FRAME_HEADER.size + length
+        if len(pending) < end:
+            break
+        messages.append(marshal.loads(pending[_FRAME_HEADER.size : end]))
+        del pending[:end]
+    return messages
 
 
 def may_fork() -> bool:
@@ -134,8 +154,7 @@ class TransformHelper:
         if not self._running or key in self._submitted:
             return
         self._submitted.add(key)
-        job = marshal.dumps((key, path, source, None if in_scope is None else tuple(in_scope)))
-        self._outgoing += FRAME_HEADER.pack(len(job)) + job
+        self._outgoing += frame((key, path, source, None if in_scope is None else tuple(in_scope)))
         self._exchange(wait_for=None)
 
     def result(self, key: bytes) -> SourceResult | None:
@@ -195,7 +214,7 @@ class TransformHelper:
 
     def _write(self) -> None:
         try:
-            written = os.write(self._to_helper, self._outgoing[:_CHUNK])
+            written = os.write(self._to_helper, self._outgoing[:CHUNK])
         except BlockingIOError:
             return
         except OSError:  # the helper is gone
@@ -205,7 +224,7 @@ class TransformHelper:
 
     def _read(self) -> None:
         try:
-            chunk = os.read(self._from_helper, _CHUNK)
+            chunk = os.read(self._from_helper, CHUNK)
         except BlockingIOError:  # a client's socket is non-blocking both ways
             return
         except OSError:
@@ -214,13 +233,7 @@ class TransformHelper:
             self._stopped()
             return
         self._incoming += chunk
-        while len(self._incoming) >= FRAME_HEADER.size:
-            (length,) = FRAME_HEADER.unpack_from(self._incoming)
-            end = FRAME_HEADER.size + length
-            if len(self._incoming) < end:
-                return
-            key, wire = marshal.loads(self._incoming[FRAME_HEADER.size : end])
-            del self._incoming[:end]
+        for key, wire in take_messages(self._incoming):
             self._results[key] = None if wire is None else _from_wire(wire)
 
 
@@ -261,24 +274,28 @@ def started_early(looking_at: Sequence[Path], use_cache: bool, workers: bool) ->
 def take_early() -> TransformHelper | None:
     """The serial run's helper ``started_early`` forked, once (None if there is
     none; a helper started for workers is stopped: this run would not use it)."""
-    global _early
-    taken, _early = _early, None
-    if isinstance(taken, TransformHelper):
-        return taken
-    if taken is not None:
-        taken.stop()
-    return None
+    return _take_early(TransformHelper)
 
 
 def take_early_server() -> TransformServer | None:
     """The parallel run's helper ``started_early`` forked, once (None if there is
     none; a serial run's helper is stopped: this run would not use it)."""
+    from .transform_server import TransformServer
+
+    return _take_early(TransformServer)
+
+
+_Early = TypeVar("_Early", "TransformHelper", "TransformServer")
+
+
+def _take_early(kind: type[_Early]) -> _Early | None:
     global _early
     taken, _early = _early, None
-    if isinstance(taken, TransformHelper):
+    if isinstance(taken, kind):
+        return taken
+    if taken is not None:
         taken.stop()
-        return None
-    return taken
+    return None
 
 
 def to_wire(result: SourceResult) -> Wire:
@@ -338,15 +355,12 @@ def _serve(jobs: int, answers: int, looking_at: Sequence[Path], use_cache: bool)
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the helper with its parent
         keep_only(jobs, answers)
         ahead = transforms_ahead(looking_at, use_cache)
-        with os.fdopen(jobs, "rb") as reader, os.fdopen(answers, "wb") as writer:
-            while True:
-                header = reader.read(FRAME_HEADER.size)
-                if len(header) < FRAME_HEADER.size:
-                    break
-                (length,) = FRAME_HEADER.unpack(header)
-                key, path, source, in_scope = marshal.loads(reader.read(length))
-                answer = marshal.dumps((key, _answer(ahead, path, source, in_scope)))
-                writer.write(FRAME_HEADER.pack(len(answer)) + answer)
+        pending = bytearray()
+        with os.fdopen(answers, "wb") as writer:
+            while chunk := os.read(jobs, CHUNK):
+                pending += chunk
+                for key, path, source, in_scope in take_messages(pending):
+                    writer.write(frame((key, _answer(ahead, path, source, in_scope))))
                 writer.flush()
         code = 0
     finally:
@@ -359,12 +373,18 @@ def _answer(
     """The result of one job: from ``ahead`` (computed with this helper's own screen
     of the same source, so for an unscreened job too), or computed (None if that
     raises: the parent computes it, and meets the error itself)."""
-    try:
-        known = ahead.pop(source, None)
-        if known is not None and (in_scope is None or known[0] == frozenset(in_scope)):
-            return known[1]
-        from .codemods.engine import transform_source  # in_scope None: it screens first
+    known = ahead.pop(source, None)
+    if known is not None and (in_scope is None or known[0] == frozenset(in_scope)):
+        return known[1]
+    return computed(path, source, in_scope)
 
+
+def computed(path: str, source: bytes, in_scope: Collection[str] | None) -> Wire | None:
+    """A job's result computed in the helper (``in_scope`` None: it screens first);
+    None if that raises: the asking process computes it, and meets the error itself."""
+    from .codemods.engine import transform_source
+
+    try:
         return to_wire(transform_source(path, source, in_scope))
     except Exception:
         return None

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import marshal
 import os
 import select
 import signal
@@ -32,11 +31,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from .transform_helper import (
-    FRAME_HEADER,
+    CHUNK,
     TransformHelper,
+    computed,
+    frame,
     keep_only,
     may_fork,
-    to_wire,
+    take_messages,
     transform_ahead,
 )
 
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
     _Job = tuple[bytes, frozenset[str] | None]
 
 _SOCKET_NAME = "transforms.sock"
-_CHUNK = 1 << 16
 
 
 class TransformServer:
@@ -77,30 +77,11 @@ class TransformServer:
         except OSError:
             return None
         try:
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        except OSError:
+            pid, lifeline = _fork_serving(directory, looking_at, use_cache)
+        except OSError:  # e.g. a path too long for a Unix socket
             shutil.rmtree(directory, ignore_errors=True)
             return None
-        with listener:
-            try:
-                listener.bind(str(directory / _SOCKET_NAME))
-                listener.listen(64)
-                lifeline_read, lifeline_write = os.pipe()
-            except OSError:  # e.g. a path too long for a Unix socket
-                shutil.rmtree(directory, ignore_errors=True)
-                return None
-            try:
-                pid = os.fork()
-            except OSError:
-                os.close(lifeline_read)
-                os.close(lifeline_write)
-                shutil.rmtree(directory, ignore_errors=True)
-                return None
-            if pid == 0:
-                os.close(lifeline_write)
-                _serve(listener, lifeline_read, directory, looking_at, use_cache)
-        os.close(lifeline_read)
-        return cls(pid, directory, lifeline_write)
+        return cls(pid, directory, lifeline)
 
     @property
     def pid(self) -> int:
@@ -137,6 +118,28 @@ class TransformServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _fork_serving(
+    directory: Path, looking_at: Sequence[Path], use_cache: bool
+) -> tuple[int, int]:
+    """Listen at ``directory``'s socket and fork the helper serving it: its pid and
+    this process's end of its lifeline (whatever fails raises, and is closed)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(directory / _SOCKET_NAME))
+        listener.listen(64)
+        lifeline_read, lifeline_write = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(lifeline_read)
+            os.close(lifeline_write)
+            raise
+        if pid == 0:
+            os.close(lifeline_write)
+            _serve(listener, lifeline_read, directory, looking_at, use_cache)
+    os.close(lifeline_read)
+    return pid, lifeline_write
+
+
 class _Answers:
     """Results by job, each computed once: first those asked for, then, while
     nobody waits, those of the likely modules of the run's wheels, one by one."""
@@ -154,12 +157,7 @@ class _Answers:
         it, and meets the error itself)."""
         job = (source, None if in_scope is None else frozenset(in_scope))
         if job not in self._known:
-            from .codemods.engine import transform_source  # in_scope None: it screens first
-
-            try:
-                self._known[job] = to_wire(transform_source(path, source, in_scope))
-            except Exception:
-                self._known[job] = None
+            self._known[job] = computed(path, source, in_scope)
         return self._known[job]
 
     def compute_ahead(self) -> None:
@@ -236,22 +234,15 @@ def _answer_until_the_lifeline_ends(
 def _serve_client(client: socket.socket, pending: bytearray, answers: _Answers) -> bool:
     """Answer the jobs ``client`` has sent in full; False once it is gone."""
     try:
-        chunk = client.recv(_CHUNK)
+        chunk = client.recv(CHUNK)
     except OSError:
         return False
     if not chunk:
         return False
     pending += chunk
-    while len(pending) >= FRAME_HEADER.size:
-        (length,) = FRAME_HEADER.unpack_from(pending)
-        end = FRAME_HEADER.size + length
-        if len(pending) < end:
-            break
-        key, path, source, in_scope = marshal.loads(pending[FRAME_HEADER.size : end])
-        del pending[:end]
-        answer = marshal.dumps((key, answers.answer(path, source, in_scope)))
+    for key, path, source, in_scope in take_messages(pending):
         try:
-            client.sendall(FRAME_HEADER.pack(len(answer)) + answer)
+            client.sendall(frame((key, answers.answer(path, source, in_scope))))
         except OSError:
             return False
     return True

@@ -38,6 +38,9 @@ def test_quick_benchmark_prints_the_ratio_table(tmp_path: Path) -> None:
     assert all(row.count("|") == 8 for row in rows)
     assert "Peak memory, patch-wheel of" in result.stdout
     assert "pipfix took interpreter start + import libcst plus " in result.stdout
+    assert "pipfix took interpreter start + import libcst + pipfix's codemods on the 2 " in (
+        result.stdout
+    )
 
     results = json.loads(raw.read_text())
     assert results["peak_rss_mib"] > 0

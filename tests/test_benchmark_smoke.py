@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -37,6 +38,10 @@ def test_quick_benchmark_prints_the_ratio_table(tmp_path: Path) -> None:
     assert any(" pinned pip/setuptools wheels, one pipfix call" in row for row in rows)
     assert all(row.count("|") == 8 for row in rows)
     assert "Peak memory, patch-wheel of" in result.stdout
+    # pipfix is timed as users run it: its console script, where it is installed.
+    installed = (Path(sysconfig.get_path("scripts")) / "pipfix").is_file()
+    entry = "its console script (pipfix)" if installed else "python -m pipfix"
+    assert f"pipfix runs as: {entry}" in lines
     assert "pipfix took interpreter start + import libcst plus " in result.stdout
     assert "pipfix took interpreter start + import libcst + pipfix's codemods on the 2 " in (
         result.stdout

@@ -3,6 +3,7 @@ version, list-patches, patch-wheel, and no libcst import when nothing needs patc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -124,6 +125,11 @@ def test_json_schema(tmp_path: Path, pinned_wheels) -> None:
     }
     assert wheel["action"] == "written" and wheel["patches"] == ["dlopen-self", "ctypes-import"]
     assert Path(wheel["output"]) == out / "pip-24.0-py3-none-any.whl"
+    # The digest is computed while the output is written and verified: it is the file's.
+    assert wheel["sha256"] == hashlib.sha256(Path(wheel["output"]).read_bytes()).hexdigest()
+    assert wheel["original_sha256"] == hashlib.sha256(
+        pinned_wheels["pip-24.0-py3-none-any.whl"].read_bytes()
+    ).hexdigest()
 
 
 def test_patch_wheel_in_place_keeps_a_backup_and_is_idempotent(

@@ -84,9 +84,10 @@ def _write_patched(plan: WheelPlan, destination: Path, *, backup: bool) -> Wheel
 def _prepare_output(plan: WheelPlan, destination: Path) -> store.PreparedReplace:
     """The patched wheel built, written next to ``destination`` and verified there."""
     data = plan.build()
-    return store.PreparedReplace(
-        destination, data, lambda temporary: patcher.verify_output(temporary, data, plan)
-    )
+    with plan.digesting():
+        return store.PreparedReplace(
+            destination, data, lambda temporary: patcher.verify_output(temporary, data, plan)
+        )
 
 
 def _written(plan: WheelPlan, destination: Path, backup_path: Path | None) -> WheelReport:

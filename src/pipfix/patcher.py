@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import struct
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -158,6 +159,27 @@ class WheelPlan:
         if self._built.sha256 is None:
             self._built.sha256 = record.sha256_hex(self.build())
         return self._built.sha256
+
+    @contextlib.contextmanager
+    def digesting(self) -> Iterator[None]:
+        """``output_sha256`` computed in a thread while the block runs (the output
+        is written and verified there): hashlib lets go of the GIL over a wheel's
+        megabytes, so the digest the report names costs the block nothing."""
+        if self._built.sha256 is not None:
+            yield
+            return
+        data = self.build()
+        digests: list[str] = []
+        thread = threading.Thread(
+            target=lambda: digests.append(record.sha256_hex(data)), name="pipfix-digest"
+        )
+        thread.start()
+        try:
+            yield
+        finally:
+            thread.join()
+        if digests:
+            self._built.sha256 = digests[0]
 
     def diff(self) -> str:
         """Unified diff of every changed member, as a reviewer reads it."""

@@ -35,6 +35,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import resource
 import shlex
 import shutil
@@ -191,6 +192,43 @@ class Command:
     @property
     def cpu(self) -> float:
         return statistics.median(self.cpus)
+
+
+# Below this many repetitions a ratio gets no interval.
+MIN_REPEATS_FOR_INTERVAL = 5
+RESAMPLES = 2000
+
+
+def ratio_interval(mine: Command, other: Command) -> tuple[float, float] | None:
+    """A 95% bootstrap interval of ``mine.wall / other.wall`` (ratio of medians).
+
+    Single timings on a shared VM spread by tens of percent, so a ratio near a
+    target says little by itself.  Repetitions are resampled in pairs where both
+    commands ran in each one (the two timings of a repetition share the machine's
+    phase), each command on its own otherwise.  The seed is fixed: the same
+    timings give the same interval.
+    """
+    mine_walls, other_walls = mine.walls, other.walls
+    if min(len(mine_walls), len(other_walls)) < MIN_REPEATS_FOR_INTERVAL:
+        return None
+    draw = random.Random(0)
+    paired = len(mine_walls) == len(other_walls)
+    ratios = []
+    for _ in range(RESAMPLES):
+        picks = [draw.randrange(len(mine_walls)) for _ in mine_walls]
+        others = picks if paired else [draw.randrange(len(other_walls)) for _ in other_walls]
+        ratios.append(
+            statistics.median(mine_walls[i] for i in picks)
+            / statistics.median(other_walls[i] for i in others)
+        )
+    ratios.sort()
+    return ratios[int(0.025 * RESAMPLES)], ratios[int(0.975 * RESAMPLES) - 1]
+
+
+def ratio_text(ratio: float, interval: tuple[float, float] | None) -> str:
+    if interval is None:
+        return f"{ratio:.2f}{TIMES}"
+    return f"{ratio:.2f}{TIMES} ({interval[0]:.2f}-{interval[1]:.2f})"
 
 
 @dataclass
@@ -642,15 +680,18 @@ class Benchmark:
                 continue
             for index, (target_id, alt) in enumerate(case.alternatives):
                 ratio, cpu_ratio = mine.wall / alt.wall, mine.cpu / alt.cpu
+                interval = ratio_interval(mine, alt)
                 verdict = ""
                 if target_id in TARGETS:
                     _kind, limit, text = TARGETS[target_id]
                     verdict = f"{text}{TIMES}: {'met' if ratio <= limit else 'not met'}"
+                    if interval is not None and interval[0] <= limit <= interval[1]:
+                        verdict += " (the target is within the interval)"
                 title = case.title if index == 0 else ""
                 mine_text = f"{mine.wall:.3f} s" if index == 0 else ""
                 rows.append(
                     f"| {title} | {mine_text} | {alt.label} | {alt.wall:.3f} s "
-                    f"| {ratio:.2f}{TIMES} | {cpu_ratio:.2f}{TIMES} | {verdict} |"
+                    f"| {ratio_text(ratio, interval)} | {cpu_ratio:.2f}{TIMES} | {verdict} |"
                 )
         return "\n".join([header, *rows])
 
@@ -660,7 +701,8 @@ class Benchmark:
         lines = [
             f"pipfix benchmark: CPython {platform.python_version()} on {platform.system()} "
             f"{platform.machine()}, {cpus} CPUs; {repeat} repetition(s), alternating; "
-            "medians",
+            "medians; a wall ratio is median over median, with its 95% bootstrap interval "
+            f"from {MIN_REPEATS_FOR_INTERVAL} repetitions on",
             f"pipfix runs as: {self.entry_label()}",
             "",
             self.table(),
@@ -739,7 +781,10 @@ class Benchmark:
             "cpus": os.cpu_count(),
             "cases": [
                 {"id": c.id, "title": c.title, "pipfix": command(c.pipfix),
-                 "alternatives": [dict(command(a), target=t) for t, a in c.alternatives]}
+                 "alternatives": [
+                     dict(command(a), target=t, ratio_wall_interval=ratio_interval(c.pipfix, a))
+                     for t, a in c.alternatives
+                 ]}
                 for c in self.cases
             ],
             "references": [command(c) for c in self.references],

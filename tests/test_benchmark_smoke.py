@@ -6,11 +6,14 @@ case ran, against the alternatives this machine has, and that the table is there
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import sysconfig
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from conftest import ROOT, clean_env, run
 
@@ -61,3 +64,37 @@ def test_quick_benchmark_prints_the_ratio_table(tmp_path: Path) -> None:
         assert results["noop_imports_libcst"] is False
     assert not (tmp_path / "xdg").exists()  # the benchmark keeps its cache to itself
     print(f"benchmarks/run.py --quick took {elapsed:.1f} s")  # shown with -s; target < 60 s
+
+
+def _benchmark_module() -> ModuleType:
+    script = ROOT / "benchmarks" / "run.py"
+    spec = importlib.util.spec_from_file_location("pipfix_benchmark", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+def test_ratio_interval_is_a_deterministic_bootstrap_of_the_ratio_of_medians() -> None:
+    bench = _benchmark_module()
+
+    def timed(*walls: float) -> Any:
+        command = bench.Command("x", [], {})
+        command.walls = list(walls)
+        return command
+
+    assert bench.ratio_interval(timed(1, 2, 3, 4), timed(2, 4, 6, 8)) is None  # too few
+    steady = bench.ratio_interval(timed(*[3.0] * 7), timed(*[4.0] * 7))
+    assert steady == (0.75, 0.75)
+    mine = timed(0.27, 0.30, 0.25, 0.33, 0.26, 0.29, 0.24, 0.31, 0.28)
+    other = timed(0.31, 0.42, 0.30, 0.36, 0.33, 0.40, 0.29, 0.45, 0.35)
+    low, high = bench.ratio_interval(mine, other)
+    assert low < mine.wall / other.wall < high
+    assert (low, high) == bench.ratio_interval(mine, other)  # fixed seed
+    # Each command resampled on its own when they ran a different number of times.
+    assert bench.ratio_interval(mine, timed(*other.walls[:-1])) is not None
+    assert bench.ratio_text(0.5, (0.4, 0.6)) == f"0.50{bench.TIMES} (0.40-0.60)"

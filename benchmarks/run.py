@@ -42,6 +42,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import zipfile
@@ -327,9 +328,7 @@ class Benchmark:
         to this interpreter's others (it imports ``pipfix.cli`` from the checkout,
         which ``PYTHONPATH`` puts first); ``python -m pipfix`` where there is none
         (it adds runpy's start-up: a few milliseconds per run)."""
-        code = "import sysconfig; print(sysconfig.get_path('scripts'))"
-        scripts = Path(check_output([self.python, "-c", code], self.env, "sysconfig").strip())
-        script = scripts / "pipfix"
+        script = Path(sysconfig.get_path("scripts")) / "pipfix"  # ``self.python`` is this one
         if script.is_file():
             self.entry = [str(script)]
         else:

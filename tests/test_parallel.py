@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipfix import forking, parallel, patcher
-from pipfix.codemods import engine
+from pipfix.codemods import engine, screen
 from pipfix.codemods.model import SourceResult
 from pipfix.errors import PipfixError, VerificationError
 from pipfix.shared_results import SharedResults
@@ -130,6 +130,16 @@ def test_jobs_must_be_positive(wheels: list[Path], tmp_path: Path) -> None:
     assert run.returncode == 2 and "must be at least 1" in run.stderr
 
 
+def _four_copies(wheel: Path, directory: Path) -> list[Path]:
+    """The same wheel four times, in four directories: every module in every wheel."""
+    paths = []
+    for copy in "abcd":
+        (directory / copy).mkdir()
+        paths.append(directory / copy / wheel.name)
+        shutil.copyfile(wheel, paths[-1])
+    return paths
+
+
 @pytest.mark.parametrize("server", ["served", "unreachable"])
 def test_a_module_in_several_wheels_is_transformed_once(
     server: str, pinned_wheels: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -139,11 +149,7 @@ def test_a_module_in_several_wheels_is_transformed_once(
     temporary directory this deep), in the first worker that needs it, which
     shares it with the others."""
     _forks_here()
-    paths = []
-    for copy in "abcd":  # the same wheel four times: every candidate module is shared
-        (tmp_path / copy).mkdir()
-        paths.append(tmp_path / copy / "pip-23.2.1-py3-none-any.whl")
-        shutil.copyfile(pinned_wheels["pip-23.2.1-py3-none-any.whl"], paths[-1])
+    paths = _four_copies(pinned_wheels["pip-23.2.1-py3-none-any.whl"], tmp_path)
     if server == "unreachable":
         deep = tmp_path / ("d" * 100)
         deep.mkdir()
@@ -165,6 +171,29 @@ def test_a_module_in_several_wheels_is_transformed_once(
     assert transformed and len(transformed) == len(set(transformed))
     assert len(set(pids)) == 1 if server == "served" else len(set(pids)) >= 1
     assert os.getpid() not in map(int, pids)
+    assert {plan.changes for plan in plans} == {patcher.plan(paths[0]).changes}
+
+
+def test_the_workers_screen_a_module_in_several_wheels_once(
+    pinned_wheels: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``ast`` screen of a candidate the transform server does not look at by
+    itself runs in the first worker that meets it; the others take its verdict."""
+    _forks_here()
+    paths = _four_copies(pinned_wheels["pip-23.2.1-py3-none-any.whl"], tmp_path)
+    log = tmp_path / "screened"
+    codemods_in_scope = screen.codemods_in_scope
+
+    def logged(source: bytes) -> frozenset[str]:  # runs in the workers
+        with log.open("a") as out:
+            out.write(f"{os.getpid()} {hashlib.sha256(source).hexdigest()}\n")
+        return codemods_in_scope(source)
+
+    monkeypatch.setattr(screen, "codemods_in_scope", logged)
+    monkeypatch.setattr(patcher, "_CACHE", patcher._TransformCache())  # forget earlier tests'
+    plans = parallel.plan_all(paths, jobs=2)
+    screened = [line.split()[1] for line in log.read_text().splitlines()]
+    assert screened and len(screened) == len(set(screened))
     assert {plan.changes for plan in plans} == {patcher.plan(paths[0]).changes}
 
 

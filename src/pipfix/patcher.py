@@ -203,7 +203,7 @@ PlanInProgress = Callable[[], WheelPlan]
 
 class _TransformCache:
     """Same source bytes, same result: shared between wheels in one process and,
-    in a parallel run, between its workers (``share``).
+    in a parallel run, between its workers (``share``), like the screens' verdicts.
 
     While ``helping`` (with a forked ``TransformHelper`` running), ``prepare``
     screens a module here (no libcst) and sends it there if the codemods apply
@@ -254,14 +254,22 @@ class _TransformCache:
             return
         in_scope: frozenset[str] | None = None
         if not is_likely(path):
-            from .codemods.screen import codemods_in_scope
-
-            in_scope = codemods_in_scope(source)
+            in_scope = self._screened(key, source)
             if not in_scope:
                 self._results[key] = SourceResult(source, (), ())
                 return
         self._in_scope[key] = in_scope
         self._helper.submit(key, path, source, in_scope)
+
+    def _screened(self, key: bytes, source: bytes) -> frozenset[str]:
+        """``codemods_in_scope(source)``; in a parallel run, once for all workers
+        (consecutive releases, which different workers take, share most modules)."""
+        from .codemods.screen import codemods_in_scope
+
+        shared = self._shared
+        if shared is None:
+            return codemods_in_scope(source)
+        return shared.get(b"screen:" + key, lambda: codemods_in_scope(source))
 
     def transform(self, path: str, source: bytes) -> SourceResult:
         key = hashlib.sha256(source).digest()

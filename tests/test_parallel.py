@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipfix import forking, parallel, patcher
+from pipfix import forking, operations, parallel, patcher, store
 from pipfix.codemods import engine, screen
 from pipfix.codemods.model import SourceResult
 from pipfix.errors import PipfixError, VerificationError
@@ -123,6 +123,44 @@ def test_outputs_prepared_early_are_dropped_when_a_later_wheel_is_bad(
     run = pipfix("patch-wheel", "--no-cache", "-j", jobs, "-o", str(out), *map(str, wheels))
     assert run.returncode == 2 and run.stderr.startswith(f"pipfix: error: {wheels[-1]}: ")
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_outputs_are_held_one_at_a_time_and_their_renames_synced_at_once(
+    wheels: list[Path], tmp_path: Path, jobs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """patch-wheel -o drops each output's bytes once written and verified (the file
+    holds them: the run's memory does not grow with its wheels), and makes the
+    renames durable with one fsync of the output directory."""
+    if jobs > 1:
+        _forks_here()
+    held: list[list[patcher.WheelPlan]] = []
+    written: list[patcher.WheelPlan] = []
+    prepare_output = operations._prepare_output
+
+    def watched(plan: patcher.WheelPlan, destination: Path) -> store.PreparedReplace:
+        held.append([p for p in written if p._built.data is not None])
+        written.append(plan)
+        return prepare_output(plan, destination)
+
+    synced: list[Path] = []
+    fsync_directory = store.fsync_directory
+
+    def counted(directory: Path) -> None:
+        synced.append(directory)
+        fsync_directory(directory)
+
+    monkeypatch.setattr(operations, "_prepare_output", watched)
+    monkeypatch.setattr(store, "fsync_directory", counted)
+    out = tmp_path / "out"
+    out.mkdir()
+    report = operations.patch_wheel(wheels, out, use_cache=False, jobs=jobs)
+    assert len(written) == len(wheels) and held == [[]] * len(wheels)
+    assert all(p._built.data is None and p._built.sha256 for p in written)
+    assert synced == [out]
+    for wheel_report in report.wheels:
+        output = Path(str(wheel_report.output))
+        assert hashlib.sha256(output.read_bytes()).hexdigest() == wheel_report.sha256
 
 
 def test_jobs_must_be_positive(wheels: list[Path], tmp_path: Path) -> None:

@@ -505,7 +505,9 @@ def _patch_into(
     def prepare(index: int, plan: WheelPlan) -> None:
         if plan.state is WheelState.NEEDS_PATCH:
             prepared[index] = _prepare_output(plan, destination_dir / plan.wheel.path.name)
+            plan.forget_output()  # written and verified: hold one output at a time
 
+    renamed = False
     try:
         # Each input is read once: the output of an input replaced during the run is
         # that of the bytes read and verified (the input itself is never written).
@@ -516,11 +518,18 @@ def _patch_into(
         for index, plan in enumerate(plans):
             ready = prepared.pop(index, None)
             if ready is not None:
-                ready.commit()
+                ready.commit(sync_directory=False)
+                renamed = True
                 reports.append(_written(plan, ready.path, None))
             else:
                 reports.append(_patch_one(plan, destination_dir))
+        if renamed:
+            store.sync_renames(destination_dir)
+            renamed = False
     finally:
+        if renamed:  # a failure after some renames: those are made durable all the same
+            with contextlib.suppress(PipfixError):
+                store.sync_renames(destination_dir)
         for ready in prepared.values():
             ready.discard()
         if not had_state_dir:

@@ -140,6 +140,12 @@ class WheelPlan:
         self.output_sha256()
         return data
 
+    def forget_output(self) -> None:
+        """Drop the built bytes, written and verified elsewhere by now (their digest
+        stays; ``build()`` would make them again, to be verified again)."""
+        self._built.data = None
+        self._built.verified = False
+
     def output_payloads(self) -> Mapping[str, bytes]:
         """Payloads of the output's members that this plan holds verified in memory:
         the input's unchanged files and the patched modules (not RECORD nor

@@ -58,6 +58,15 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def sync_renames(directory: Path) -> None:
+    """``fsync_directory`` after ``PreparedReplace.commit(sync_directory=False)``:
+    one fsync makes every rename made in ``directory`` so far durable."""
+    try:
+        fsync_directory(directory)
+    except OSError as exc:
+        raise PipfixError(directory, f"cannot write: {describe_os_error(exc)}") from None
+
+
 def _ensure_dir(directory: Path) -> bool:
     """Create ``directory`` if needed; True when this call created it."""
     if directory.is_dir():
@@ -128,14 +137,16 @@ class PreparedReplace:
                 raise PipfixError(path, f"cannot write: {describe_os_error(exc)}") from None
             raise
 
-    def commit(self) -> None:
-        """Rename the verified temporary file over the path (and fsync its directory)."""
+    def commit(self, sync_directory: bool = True) -> None:
+        """Rename the verified temporary file over the path, and fsync its directory
+        (unless ``sync_directory`` is False: the caller does it once for several)."""
         replaced = False
         try:
             faults.step(f"rename over {self.path}")
             os.replace(self._temporary, self.path)
             replaced = True
-            fsync_directory(self.path.parent)
+            if sync_directory:
+                fsync_directory(self.path.parent)
         except OSError as exc:
             raise PipfixError(self.path, f"cannot write: {describe_os_error(exc)}") from None
         finally:

@@ -166,6 +166,56 @@ def test_the_server_ends_with_the_process_that_started_it(tmp_path: Path) -> Non
             os.kill(pid, signal.SIGKILL)
 
 
+_KILLED_MID_RUN = (
+    "import os, signal, sys\nfrom pathlib import Path\nfrom pipfix import parallel\n"
+    "for fd in (1, 2):  # the workers' and the server's: not this test's pipes\n"
+    "    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)\n"
+    "def killed(index, plan):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    "parallel.plan_all([Path(p) for p in sys.argv[1:]], jobs=2, on_plan=killed)\n"
+)
+
+
+def test_a_parallel_run_killed_mid_run_leaves_no_process_and_no_file_behind(
+    wheels: list[Path], tmp_path: Path
+) -> None:
+    """SIGKILL as the first plan comes in, the server, the workers and their shared
+    results all there: the workers end too (the pool would leave them waiting for
+    work forever), and nothing stays in the temporary directory."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    copies = []
+    for wheel in wheels:  # under tmp_path: its name marks this run's processes
+        copies.append(tmp_path / wheel.name)
+        shutil.copyfile(wheel, copies[-1])
+    env = clean_env(PYTHONPATH=str(SRC), TMPDIR=str(temporary))
+    result = run([sys.executable, "-c", _KILLED_MID_RUN, *map(str, copies)], env=env)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    left = _processes_naming(tmp_path)
+    try:
+        for _ in range(1000):
+            left = _processes_naming(tmp_path)
+            if not left and not any(temporary.iterdir()):
+                break
+            threading.Event().wait(0.01)
+        assert left == []
+        assert list(temporary.iterdir()) == []
+    finally:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _processes_naming(path: Path) -> list[int]:
+    """Live processes whose command line names ``path``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _running(int(entry.name)):
+            with contextlib.suppress(OSError):
+                if str(path).encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
 def _running(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()

@@ -22,9 +22,12 @@ each wheel, and the next one, while the helper imports libcst and transforms.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import shutil
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -86,12 +89,13 @@ def plan_all(
 
     context = multiprocessing.get_context("fork")
     shared = _shared_directory()
+    lifeline = _lifeline()
     try:
         with ProcessPoolExecutor(
             max_workers=workers,
             mp_context=context,
             initializer=_join_run,
-            initargs=(shared, server),
+            initargs=(shared, server, lifeline),
         ) as pool:
             # The objects of the imports so far stay in the workers' memory as forked:
             # a collection there would relink (write) every one of them, copying its page.
@@ -119,6 +123,8 @@ def plan_all(
             server.close()
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
+        for end in lifeline or ():
+            os.close(end)
 
 
 def _finish_next(
@@ -137,13 +143,46 @@ def _shared_directory() -> Path | None:
         return None
 
 
-def _join_run(shared: Path | None, server: TransformServer | None) -> None:
-    """In a worker: have the run's transform server compute the transforms, or
-    share their results with the run's other workers where it cannot, and reuse
-    the payloads of the wheel verified just before (for its whole life)."""
+def _lifeline() -> tuple[int, int] | None:
+    """A pipe the workers watch to end with this process, killed or not (None where
+    no pipe can be made: they then end with it only when it ends the pool)."""
+    try:
+        return os.pipe()
+    except OSError:
+        return None
+
+
+def _join_run(
+    shared: Path | None, server: TransformServer | None, lifeline: tuple[int, int] | None
+) -> None:
+    """In a worker: end with the parent (``_end_with_the_parent``), have the run's
+    transform server compute the transforms, or share their results with the run's
+    other workers where it cannot, and reuse the payloads of the wheel verified just
+    before (for its whole life)."""
+    if lifeline is not None:
+        _end_with_the_parent(lifeline, shared)
     helper = None if server is None else server.join()
     patcher.share_transforms(None if shared is None else SharedResults(shared), helper)
     wheelfile.start_reusing_payloads()
+
+
+def _end_with_the_parent(lifeline: tuple[int, int], shared: Path | None) -> None:
+    """In a worker: a thread that waits for the end of file on ``lifeline``, whose
+    writing end only the parent keeps open, and then ends the worker and removes
+    the shared results.  The pool would otherwise leave the workers of a parent
+    killed mid-run waiting for work forever (they hold the ends of its queues too)."""
+    read_end, write_end = lifeline
+    os.close(write_end)
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(read_end, 1):
+                pass
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pipfix-lifeline", daemon=True).start()
 
 
 def _plan_and_build(path: Path, use_cache: bool, input_needed: bool) -> patcher.WheelPlan:

@@ -141,8 +141,9 @@ class WheelPlan:
         return data
 
     def forget_output(self) -> None:
-        """Drop the built bytes, written and verified elsewhere by now (their digest
-        stays; ``build()`` would make them again, to be verified again)."""
+        """Drop the built bytes once the caller has written and verified them: a run
+        over many wheels then holds one output at a time (the digest stays;
+        ``build()`` would make the bytes again, to be verified again)."""
         self._built.data = None
         self._built.verified = False
 

@@ -293,6 +293,8 @@ class Benchmark:
         self.env = base_environment(work)
         self.pipfix_env = dict(self.env, PYTHONPATH=str(SRC))
         self.notes: list[str] = []
+        # Each ratio's bootstrap interval, computed once for the table and the JSON.
+        self._intervals: dict[tuple[int, int], tuple[float, float] | None] = {}
         # The floor of any run that patches a module: a process that imports libcst,
         # and one that imports what pipfix builds on (RECORD rows: installer; wheel
         # file names: packaging); ``setup`` adds the codemods' own floor.
@@ -679,7 +681,7 @@ class Benchmark:
                 continue
             for index, (target_id, alt) in enumerate(case.alternatives):
                 ratio, cpu_ratio = mine.wall / alt.wall, mine.cpu / alt.cpu
-                interval = ratio_interval(mine, alt)
+                interval = self.interval(mine, alt)
                 verdict = ""
                 if target_id in TARGETS:
                     _kind, limit, text = TARGETS[target_id]
@@ -716,6 +718,13 @@ class Benchmark:
         lines += self.reference_lines()
         lines += [f"Note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+    def interval(self, mine: Command, other: Command) -> tuple[float, float] | None:
+        """``ratio_interval(mine, other)``, resampled once per pair of commands."""
+        key = (id(mine), id(other))
+        if key not in self._intervals:
+            self._intervals[key] = ratio_interval(mine, other)
+        return self._intervals[key]
 
     def entry_label(self) -> str:
         if self.entry[0] == "-m":
@@ -781,7 +790,7 @@ class Benchmark:
             "cases": [
                 {"id": c.id, "title": c.title, "pipfix": command(c.pipfix),
                  "alternatives": [
-                     dict(command(a), target=t, ratio_wall_interval=ratio_interval(c.pipfix, a))
+                     dict(command(a), target=t, ratio_wall_interval=self.interval(c.pipfix, a))
                      for t, a in c.alternatives
                  ]}
                 for c in self.cases

@@ -213,8 +213,28 @@ def held_lock(tmp_path: Path) -> Iterator[tuple[Path, int]]:
         os.close(held)
 
 
+@pytest.fixture(params=["/proc", "no /proc"])
+def descriptor_listing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As it is, or as in a chroot or sandbox without /proc: there the helper's
+    listing of its descriptors fails (it runs this process's ``os.listdir``,
+    patched here before the fork; this process still lists the helper's)."""
+    if request.param == "/proc":
+        return
+    listdir = os.listdir
+
+    def without_proc(path: str = ".") -> list[str]:
+        if str(path).startswith("/proc/self"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", without_proc)
+
+
 def test_the_helper_holds_no_descriptor_of_this_process(
-    held_lock: tuple[Path, int], helper: Channel, pinned_wheels: dict[str, Path]
+    held_lock: tuple[Path, int],
+    descriptor_listing: None,
+    helper: Channel,
+    pinned_wheels: dict[str, Path],
 ) -> None:
     lock_file, held = held_lock
     source = _glibc_module(pinned_wheels)
@@ -229,6 +249,25 @@ def test_the_helper_holds_no_descriptor_of_this_process(
         fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(again)
+
+
+@pytest.mark.parametrize("descriptor_listing", ["no /proc"], indirect=True)
+def test_without_proc_a_helper_that_would_close_descriptors_one_by_one_ends(
+    descriptor_listing: None, monkeypatch: pytest.MonkeyPatch, pinned_wheels: dict[str, Path]
+) -> None:
+    """As on CPython 3.9 (no ``close_range``) with more descriptors allowed than
+    it closes quickly one by one: the helper ends at once, this process does the work."""
+    monkeypatch.setattr(transform_helper, "_CLOSES_RANGES", False)
+    monkeypatch.setattr(transform_helper, "_ONE_BY_ONE_UP_TO", 2)
+    started = transform_helper.TransformHelper.start()
+    assert started is not None
+    try:
+        source = _glibc_module(pinned_wheels)
+        key, path, _, in_scope = _job(source)
+        started.submit(key, path, source, in_scope)
+        assert started.result(key) is None  # gone: the caller computes it
+    finally:
+        started.close()
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,16 @@ MIN_WHEELS = 6
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask), at least 1."""
+    """CPUs this process may run on (its affinity mask), but no more than its
+    cgroups' CPU quota allows (``cpu_quota``), at least 1."""
+    from .cpu_quota import cpu_quota
+
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cpus = max(1, os.cpu_count() or 1)
+    quota = cpu_quota() if cpus > 1 else None
+    return cpus if quota is None else min(cpus, quota)
 
 
 def fork_is_safe() -> bool:

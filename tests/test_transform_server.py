@@ -224,15 +224,38 @@ def _running(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
-def test_no_server_where_its_socket_does_not_fit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A temporary directory too deep for a Unix socket: no server, nothing left behind."""
+@pytest.fixture
+def deep_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A temporary directory too deep for a Unix socket in it (a CI workspace's)."""
     import tempfile
 
     deep = tmp_path / ("d" * 100)
     deep.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(deep))
-    assert transform_server.TransformServer.start() is None
-    assert list(deep.iterdir()) == []
+    yield deep
+    assert list(deep.iterdir()) == []  # nothing of the server's is left there
     shutil.rmtree(deep)
+
+
+def test_a_socket_too_long_for_the_temporary_directory_is_made_in_tmp(
+    deep_temporary: Path,
+) -> None:
+    server = transform_server.TransformServer.start()
+    assert server is not None
+    try:
+        assert server.directory.parent == Path(transform_server._SHORT_TEMPORARY)
+        client = server.join()
+        assert client is not None
+        client.submit(b"k" * 32, "mod.py", b"x = 1\n", None)
+        assert client.result(b"k" * 32) is not None  # it serves
+        client.close()
+    finally:
+        server.close()
+    assert not server.directory.exists()
+
+
+def test_no_server_where_its_socket_fits_nowhere(
+    deep_temporary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transform_server, "_SHORT_TEMPORARY", str(deep_temporary))
+    assert transform_server.TransformServer.start() is None

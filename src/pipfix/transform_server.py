@@ -70,15 +70,13 @@ class TransformServer:
         if not may_fork():
             return None
         import shutil
-        import tempfile
 
-        try:
-            directory = Path(tempfile.mkdtemp(prefix="pipfix-transforms-"))  # 0700: ours only
-        except OSError:
+        directory = _socket_directory()
+        if directory is None:
             return None
         try:
             pid, lifeline = _fork_serving(directory, looking_at, use_cache)
-        except OSError:  # e.g. a path too long for a Unix socket
+        except OSError:
             shutil.rmtree(directory, ignore_errors=True)
             return None
         return cls(pid, directory, lifeline)
@@ -116,6 +114,28 @@ class TransformServer:
                 os.waitpid(self._pid, 0)
             self._pid = 0
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# A Unix socket's path is at most 107 bytes on Linux (108 with its terminating NUL).
+_SOCKET_PATH_MAX = 107
+_SHORT_TEMPORARY = "/tmp"
+
+
+def _socket_directory() -> Path | None:
+    """A new private directory (0700) for the socket: in the temporary directory,
+    or in /tmp where a deep one (a CI workspace's, a sandbox's) would make the
+    socket's path too long; None where neither can be had."""
+    import tempfile
+
+    for parent in (None, _SHORT_TEMPORARY):
+        try:
+            directory = Path(tempfile.mkdtemp(prefix="pipfix-transforms-", dir=parent))
+        except OSError:
+            continue
+        if len(os.fsencode(directory / _SOCKET_NAME)) <= _SOCKET_PATH_MAX:
+            return directory
+        directory.rmdir()
+    return None
 
 
 def _fork_serving(

@@ -48,6 +48,11 @@ def pinned_wheels() -> dict[str, Path]:
 TEST_CACHE_HOME = tempfile.mkdtemp(prefix="pipfix-test-cache-")
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The tests' cache goes with the session that made it (none is left in /tmp)."""
+    shutil.rmtree(TEST_CACHE_HOME, ignore_errors=True)
+
+
 @pytest.fixture
 def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """XDG_CACHE_HOME in a temporary directory: nothing is written to the real ~/.cache."""

@@ -134,7 +134,8 @@ def _socket_directory() -> Path | None:
             continue
         if len(os.fsencode(directory / _SOCKET_NAME)) <= _SOCKET_PATH_MAX:
             return directory
-        directory.rmdir()
+        with contextlib.suppress(OSError):
+            directory.rmdir()
     return None
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipfix import forking, operations, parallel, patcher, store
+from pipfix import forking, operations, parallel, patcher, store, transform_server
 from pipfix.codemods import engine, screen
 from pipfix.codemods.model import SourceResult
 from pipfix.errors import PipfixError, VerificationError
@@ -184,14 +184,15 @@ def test_a_module_in_several_wheels_is_transformed_once(
 ) -> None:
     """Each distinct source goes through the codemods once per run: in the run's
     transform server or, where it cannot start (no Unix socket fits in a
-    temporary directory this deep), in the first worker that needs it, which
-    shares it with the others."""
+    temporary directory this deep, nor in the short one it then tries), in the
+    first worker that needs it, which shares it with the others."""
     _forks_here()
     paths = _four_copies(pinned_wheels["pip-23.2.1-py3-none-any.whl"], tmp_path)
     if server == "unreachable":
         deep = tmp_path / ("d" * 100)
         deep.mkdir()
         monkeypatch.setattr(tempfile, "tempdir", str(deep))
+        monkeypatch.setattr(transform_server, "_SHORT_TEMPORARY", str(deep))
     log = tmp_path / "transformed"
     transform_source = engine.transform_source
 

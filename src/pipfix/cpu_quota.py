@@ -13,15 +13,18 @@ importing nothing: the command line asks before it forks anything.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 
 PROC_SELF = "/proc/self"
 
 
+@functools.cache
 def cpu_quota(proc_self: str = PROC_SELF) -> int | None:
     """Whole CPUs the quota allows (rounded up, at least 1); None where no quota
-    is set or none can be read."""
+    is set or none can be read.  Read once per process: a run asks up to three
+    times (the command line, the transform server, the worker pool)."""
     lowest: float | None = None
     for directory, version in _cpu_cgroup_directories(proc_self):
         share = _share(directory, version)

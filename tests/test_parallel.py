@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -111,36 +112,42 @@ def test_jobs_do_not_change_the_output(wheels: list[Path], tmp_path: Path) -> No
     assert sorted(outputs["1"]) == sorted(NAMES)  # nothing else left in the output directory
 
 
+@pytest.mark.parametrize("bad", [0, -1], ids=["first", "last"])
 @pytest.mark.parametrize("jobs", ["1", "2"])
-def test_outputs_prepared_early_are_dropped_when_a_later_wheel_is_bad(
-    wheels: list[Path], tmp_path: Path, jobs: str
+def test_outputs_prepared_early_are_dropped_when_a_wheel_is_bad(
+    wheels: list[Path], tmp_path: Path, jobs: str, bad: int
 ) -> None:
-    """patch-wheel -o writes each output while it plans the next, but renames none of
-    them into place unless every input verified."""
-    wheels[-1].write_bytes(wheels[-1].read_bytes()[:-100])  # truncated: no end record
+    """patch-wheel -o writes each output as soon as it is planned (by a worker, ahead
+    of the parent), but renames none of them into place unless every input
+    verified, and leaves nothing of them behind."""
+    wheels[bad].write_bytes(wheels[bad].read_bytes()[:-100])  # truncated: no end record
     out = tmp_path / "out"
     out.mkdir()
     run = pipfix("patch-wheel", "--no-cache", "-j", jobs, "-o", str(out), *map(str, wheels))
-    assert run.returncode == 2 and run.stderr.startswith(f"pipfix: error: {wheels[-1]}: ")
+    assert run.returncode == 2 and run.stderr.startswith(f"pipfix: error: {wheels[bad]}: ")
     assert list(out.iterdir()) == []
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_outputs_are_held_one_at_a_time_and_their_renames_synced_at_once(
+def test_outputs_are_written_where_planned_held_one_at_a_time_and_their_renames_synced_at_once(
     wheels: list[Path], tmp_path: Path, jobs: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """patch-wheel -o drops each output's bytes once written and verified (the file
-    holds them: the run's memory does not grow with its wheels), and makes the
-    renames durable with one fsync of the output directory."""
+    """patch-wheel -o: the process that plans a wheel writes and verifies its output
+    (a worker's output bytes never travel to the parent), drops the bytes once
+    written (the file holds them: no process's memory grows with its wheels),
+    and the parent makes the renames durable with one fsync of the output
+    directory."""
     if jobs > 1:
         _forks_here()
-    held: list[list[patcher.WheelPlan]] = []
+    log = tmp_path / "prepared.log"  # appended to by whichever process prepares
     written: list[patcher.WheelPlan] = []
     prepare_output = operations._prepare_output
 
     def watched(plan: patcher.WheelPlan, destination: Path) -> store.PreparedReplace:
-        held.append([p for p in written if p._built.data is not None])
+        held = sum(p._built.data is not None for p in written)
         written.append(plan)
+        with log.open("a") as lines:
+            lines.write(f"{os.getpid()} {held}\n")
         return prepare_output(plan, destination)
 
     synced: list[Path] = []
@@ -150,17 +157,76 @@ def test_outputs_are_held_one_at_a_time_and_their_renames_synced_at_once(
         synced.append(directory)
         fsync_directory(directory)
 
+    planned: list[patcher.WheelPlan] = []
+    plan_all = parallel.plan_all
+
+    def kept(*args: object, **kwargs: object) -> list[patcher.WheelPlan]:
+        planned.extend(plan_all(*args, **kwargs))  # type: ignore[arg-type]
+        return planned
+
     monkeypatch.setattr(operations, "_prepare_output", watched)
     monkeypatch.setattr(store, "fsync_directory", counted)
+    monkeypatch.setattr(parallel, "plan_all", kept)
     out = tmp_path / "out"
     out.mkdir()
     report = operations.patch_wheel(wheels, out, use_cache=False, jobs=jobs)
-    assert len(written) == len(wheels) and held == [[]] * len(wheels)
-    assert all(p._built.data is None and p._built.sha256 for p in written)
+    preparers = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+    assert [held for _, held in preparers] == [0] * len(wheels)
+    here = [pid == os.getpid() for pid, _ in preparers]
+    assert here == [jobs == 1] * len(wheels)
+    assert len(planned) == len(wheels)
+    assert all(p._built.data is None and p._built.sha256 for p in planned)
     assert synced == [out]
-    for wheel_report in report.wheels:
+    for plan, wheel_report in zip(planned, report.wheels):
         output = Path(str(wheel_report.output))
         assert hashlib.sha256(output.read_bytes()).hexdigest() == wheel_report.sha256
+        assert wheel_report.sha256 == plan.output_sha256()
+
+
+def test_a_worker_that_writes_its_output_sends_back_a_plan_without_it(
+    wheels: list[Path], tmp_path: Path
+) -> None:
+    """What a worker pickles for the parent when it prepared the output itself: the
+    plan and where its verified temporary file lies, not the wheel's megabytes."""
+    out = tmp_path / "out"
+    out.mkdir()
+    prepare = functools.partial(operations._output_into, out)
+    plan, prepared = parallel._plan_and_build(wheels[1], False, False, prepare)
+    assert prepared is not None and plan._built.data is None
+    assert len(pickle.dumps((plan, prepared))) < wheels[1].stat().st_size // 20
+    prepared.commit()
+    assert hashlib.sha256((out / wheels[1].name).read_bytes()).hexdigest() == (
+        plan.output_sha256()
+    )
+    assert [p.name for p in out.iterdir()] == [wheels[1].name]
+
+
+def test_outputs_workers_prepared_for_a_failed_run_are_discarded(
+    wheels: list[Path], tmp_path: Path
+) -> None:
+    """The first wheel is bad: the outputs the workers wrote for the others, handed
+    to nobody, are dropped once the workers are done, whichever came in first."""
+    _forks_here()
+    wheels[0].write_bytes(b"not a zip")
+    out = tmp_path / "out"
+    out.mkdir()
+    taken: list[int] = []
+    with pytest.raises(VerificationError):
+        parallel.plan_all(
+            wheels,
+            jobs=2,
+            on_plan=lambda index, plan, prepared: taken.append(index),
+            prepare=functools.partial(operations._output_into, out),
+        )
+    assert taken == []
+    assert [p.relative_to(out) for p in out.rglob("*") if p.name != ".pipfix"] == []
+
+
+def test_prepare_needs_someone_to_take_what_it_prepared(wheels: list[Path]) -> None:
+    with pytest.raises(TypeError):
+        parallel.plan_all(
+            wheels, jobs=2, prepare=functools.partial(operations._output_into, Path("."))
+        )
 
 
 def test_jobs_must_be_positive(wheels: list[Path], tmp_path: Path) -> None:

@@ -53,10 +53,10 @@ def _same_plans(got: list[patcher.WheelPlan], wheels: list[Path]) -> None:
 _WORKERS_REPORT = (
     "import os, sys\nfrom pathlib import Path\nfrom pipfix import parallel\n"
     "plan_and_build = parallel._plan_and_build\n"
-    "def reported(path, use_cache, inputs_needed):\n"
-    "    plan = plan_and_build(path, use_cache, inputs_needed)\n"
+    "def reported(path, use_cache, inputs_needed, prepare):\n"
+    "    plan, prepared = plan_and_build(path, use_cache, inputs_needed, prepare)\n"
     "    print('worker', os.getpid(), 'libcst' in sys.modules, plan.state.value, flush=True)\n"
-    "    return plan\n"
+    "    return plan, prepared\n"
     "parallel._plan_and_build = reported\n"
     "plans = parallel.plan_all([Path(p) for p in sys.argv[1:]], jobs=2)\n"
     "print('changed', sum(len(plan.changes) for plan in plans))\n"
@@ -105,7 +105,7 @@ def test_a_server_that_dies_during_the_run_leaves_the_work_to_the_workers(
     monkeypatch.setattr(patcher, "_CACHE", patcher._TransformCache())
     with _early_server(wheels) as server:
 
-        def kill_the_server(index: int, plan: patcher.WheelPlan) -> None:
+        def kill_the_server(index: int, plan: patcher.WheelPlan, prepared: object) -> None:
             if index == 0:
                 os.kill(server.pid, signal.SIGKILL)
 
@@ -170,7 +170,7 @@ _KILLED_MID_RUN = (
     "import os, signal, sys\nfrom pathlib import Path\nfrom pipfix import parallel\n"
     "for fd in (1, 2):  # the workers' and the server's: not this test's pipes\n"
     "    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)\n"
-    "def killed(index, plan):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    "def killed(index, plan, prepared):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
     "parallel.plan_all([Path(p) for p in sys.argv[1:]], jobs=2, on_plan=killed)\n"
 )
 

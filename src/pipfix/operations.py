@@ -12,6 +12,7 @@ files never load the reinstall machinery.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,6 +80,12 @@ def _write_patched(plan: WheelPlan, destination: Path, *, backup: bool) -> Wheel
     backup_path = store.ensure_backup(plan.wheel.path, plan.wheel.data) if backup else None
     _prepare_output(plan, destination).commit()
     return _written(plan, destination, backup_path)
+
+
+def _output_into(destination_dir: Path, plan: WheelPlan) -> store.PreparedReplace:
+    """``_prepare_output`` under the input's file name in ``destination_dir`` (for
+    ``parallel.plan_all``'s ``prepare``: run where the plan is made)."""
+    return _prepare_output(plan, destination_dir / plan.wheel.path.name)
 
 
 def _prepare_output(plan: WheelPlan, destination: Path) -> store.PreparedReplace:
@@ -496,23 +503,28 @@ def _patch_into(
     paths: Sequence[Path], destination_dir: Path, use_cache: bool, jobs: int | None
 ) -> RunReport:
     """patch-wheel -o: each patched output is written and verified next to its final
-    name as soon as its plan is there (while the others are planned), and renamed
-    into place only once every input verified; a failure drops them all."""
+    name as soon as its plan is made, by the process that made it (a worker's
+    output is not sent back), and renamed into place only once every input
+    verified; a failure drops them all."""
     state_dir = store.state_dir_for(destination_dir / "output.whl")
     had_state_dir = state_dir.exists()
     prepared: dict[int, store.PreparedReplace] = {}
 
-    def prepare(index: int, plan: WheelPlan) -> None:
-        if plan.state is WheelState.NEEDS_PATCH:
-            prepared[index] = _prepare_output(plan, destination_dir / plan.wheel.path.name)
-            plan.forget_output()  # written and verified: hold one output at a time
+    def take(index: int, plan: WheelPlan, ready: store.PreparedReplace | None) -> None:
+        if ready is not None:
+            prepared[index] = ready
 
     renamed = False
     try:
         # Each input is read once: the output of an input replaced during the run is
         # that of the bytes read and verified (the input itself is never written).
         plans = parallel.plan_all(
-            paths, use_cache=use_cache, jobs=jobs, on_plan=prepare, inputs_needed=False
+            paths,
+            use_cache=use_cache,
+            jobs=jobs,
+            on_plan=take,
+            inputs_needed=False,
+            prepare=functools.partial(_output_into, destination_dir),
         )
         reports = []
         for index, plan in enumerate(plans):

@@ -8,9 +8,10 @@ each verify, plan, build and check one wheel at a time, while one helper
 all of them, each distinct source once (without it, a source file met in
 several wheels is transformed by one worker and read by the others:
 ``shared_results``); the parent receives the finished plans in input order
-and does all the writing, under its locks, exactly as a serial run does (it may
-prepare each output while the workers go on: ``on_plan``).  The output bytes
-are the same either way: a plan depends only on its input.
+and does all the writing, under its locks, exactly as a serial run does.  A
+worker may write an output's verified temporary file itself (``prepare``:
+patch-wheel -o), which the parent alone renames into place once every plan is
+in.  The output bytes are the same either way: a plan depends only on its input.
 
 Serial instead when forking is not safe or not worth it: fewer than
 ``forking.MIN_WHEELS`` wheels (unless ``jobs`` asks for workers), one CPU, a
@@ -32,13 +33,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from . import patcher, wheelfile
 from .forking import fork_is_safe, planned_workers
 from .shared_results import SharedResults
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from .store import PreparedReplace
     from .transform_server import TransformServer
 
 # A serial run verifies and screens this many wheels ahead of the one whose
@@ -46,7 +50,8 @@ if TYPE_CHECKING:
 LOOKAHEAD = 1
 
 
-OnPlan = Callable[[int, patcher.WheelPlan], None]
+Prepare = Callable[[patcher.WheelPlan], "PreparedReplace"]
+OnPlan = Callable[[int, patcher.WheelPlan, Optional["PreparedReplace"]], None]
 
 
 def plan_all(
@@ -56,18 +61,27 @@ def plan_all(
     jobs: int | None = None,
     on_plan: OnPlan | None = None,
     inputs_needed: bool = True,
+    prepare: Prepare | None = None,
 ) -> list[patcher.WheelPlan]:
     """``patcher.plan`` for each path, in order; the first error in input order is raised.
 
     ``jobs``: most worker processes to use; by default one per usable CPU from
     ``forking.MIN_WHEELS`` wheels on.  An explicit ``jobs`` above 1 forks for any two
-    wheels or more; 1 is serial.  ``on_plan(index, plan)`` runs in this process
-    for each plan in input order as soon as it is there, while the workers go
-    on with the others (an error it raises ends the run).  ``inputs_needed``
-    False: the caller only writes the outputs of the wheels that need a patch,
-    so a worker does not send their input bytes back (``VerifiedWheel.data`` is
-    then empty: ~2 MB less to pickle and pipe per pip wheel).
+    wheels or more; 1 is serial.  ``on_plan(index, plan, prepared)`` runs in this
+    process for each plan in input order as soon as it is there, while the
+    workers go on with the others (an error it raises ends the run).
+    ``inputs_needed`` False: the caller only writes the outputs of the wheels
+    that need a patch, so a worker does not send their input bytes back
+    (``VerifiedWheel.data`` is then empty: ~2 MB less to pickle and pipe per pip
+    wheel).  ``prepare(plan)`` (picklable; needs ``on_plan``): for each plan that
+    needs a patch, its output written where it is to go and verified there, by
+    the process that made the plan, which then drops the output's bytes (a
+    worker sends none back, and its parent does not read them again); what it
+    returns is ``on_plan``'s ``prepared``, the caller's from then on.  A run that
+    fails discards those it has not handed over, once no worker runs.
     """
+    if prepare is not None and on_plan is None:
+        raise TypeError("prepare needs on_plan, which takes what it prepared")
     workers = planned_workers(len(paths), jobs)
     plans: list[patcher.WheelPlan] = []
     if workers < 2 or not fork_is_safe():
@@ -76,9 +90,9 @@ def plan_all(
             for path in paths:
                 started.append(patcher.start_plan(path, use_cache=use_cache))
                 if len(started) > LOOKAHEAD:
-                    _finish_next(started, plans, on_plan)
+                    _finish_next(started, plans, on_plan, prepare)
             while started:
-                _finish_next(started, plans, on_plan)
+                _finish_next(started, plans, on_plan, prepare)
         return plans
     from . import transform_helper, transform_server
 
@@ -102,18 +116,20 @@ def plan_all(
             gc.freeze()
             try:
                 futures = [
-                    pool.submit(_plan_and_build, path, use_cache, inputs_needed)
+                    pool.submit(_plan_and_build, path, use_cache, inputs_needed, prepare)
                     for path in paths
                 ]
             finally:
                 gc.unfreeze()
             try:
                 for index, future in enumerate(futures):
-                    plans.append(future.result())
+                    plan, prepared = future.result()
+                    plans.append(plan)
                     if on_plan is not None:
-                        on_plan(index, plans[-1])
+                        on_plan(index, plan, prepared)
             except BaseException:
                 pool.shutdown(cancel_futures=True)  # do not plan what will not be written
+                _discard_prepared(futures[len(plans):])
                 raise
             return plans
     finally:
@@ -128,11 +144,35 @@ def plan_all(
 
 
 def _finish_next(
-    started: deque[patcher.PlanInProgress], plans: list[patcher.WheelPlan], on_plan: OnPlan | None
+    started: deque[patcher.PlanInProgress],
+    plans: list[patcher.WheelPlan],
+    on_plan: OnPlan | None,
+    prepare: Prepare | None,
 ) -> None:
     plans.append(started.popleft()())
+    prepared = _prepared_output(plans[-1], prepare)
     if on_plan is not None:
-        on_plan(len(plans) - 1, plans[-1])
+        on_plan(len(plans) - 1, plans[-1], prepared)
+
+
+def _prepared_output(plan: patcher.WheelPlan, prepare: Prepare | None) -> PreparedReplace | None:
+    """``prepare(plan)`` for a plan with an output to write, whose bytes the plan
+    then drops: they are written, and verified where they lie."""
+    if prepare is None or plan.state is not patcher.WheelState.NEEDS_PATCH:
+        return None
+    prepared = prepare(plan)
+    plan.forget_output()
+    return prepared
+
+
+def _discard_prepared(futures: Sequence[Future[_Planned]]) -> None:
+    """Drop the outputs that workers prepared for a run that failed (after the
+    pool's shutdown: no worker writes any more)."""
+    for future in futures:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            prepared = future.result()[1]
+            if prepared is not None:
+                prepared.discard()
 
 
 def _shared_directory() -> Path | None:
@@ -185,12 +225,19 @@ def _end_with_the_parent(lifeline: tuple[int, int], shared: Path | None) -> None
     threading.Thread(target=watch, name="pipfix-lifeline", daemon=True).start()
 
 
-def _plan_and_build(path: Path, use_cache: bool, input_needed: bool) -> patcher.WheelPlan:
-    """In a worker: the plan with its output already built and verified, ready to write
-    (without the input's bytes unless ``input_needed`` or there is nothing to build)."""
+_Planned = tuple[patcher.WheelPlan, Optional["PreparedReplace"]]
+
+
+def _plan_and_build(
+    path: Path, use_cache: bool, input_needed: bool, prepare: Prepare | None
+) -> _Planned:
+    """In a worker: the plan with its output already built and verified, ready to write,
+    or written by ``prepare`` (without the input's bytes unless ``input_needed`` or
+    there is nothing to build), and what ``prepare`` returned."""
     plan = patcher.plan(path, use_cache=use_cache)
     if plan.state is not patcher.WheelState.NEEDS_PATCH:
-        return replace(plan, wheel=plan.wheel.without_members())
+        return replace(plan, wheel=plan.wheel.without_members()), None
     plan.build_verified()
+    prepared = _prepared_output(plan, prepare)
     wheel = plan.wheel.without_members()
-    return replace(plan, wheel=wheel if input_needed else replace(wheel, data=b""))
+    return replace(plan, wheel=wheel if input_needed else replace(wheel, data=b"")), prepared

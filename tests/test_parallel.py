@@ -229,6 +229,42 @@ def test_prepare_needs_someone_to_take_what_it_prepared(wheels: list[Path]) -> N
         )
 
 
+def test_a_worker_plans_consecutive_releases_one_after_the_other(
+    pinned_wheels: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight pip releases on two workers (``work_order``): each worker plans one
+    run of consecutive releases, in release order, so it meets most members
+    stored as in the wheel it verified just before.  Dealt out in turns, as a
+    pool does by itself, each worker would plan every other release."""
+    _forks_here()
+    releases = ["22.3.1", "23.0.1", "23.2.1", "24.0", "24.2", "24.3.1", "25.0.1", "26.3"]
+    names = [next(n for n in pinned_wheels if n.startswith(f"pip-{r}-")) for r in releases]
+    paths = []
+    for name in reversed(names):  # the input order does not matter
+        paths.append(tmp_path / name)
+        shutil.copyfile(pinned_wheels[name], paths[-1])
+    log = tmp_path / "planned.log"
+    plan_and_build = parallel._plan_and_build
+
+    def logged(path: Path, *args: object) -> object:
+        with log.open("a") as lines:
+            lines.write(f"{os.getpid()} {path.name}\n")
+        return plan_and_build(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(parallel, "_plan_and_build", logged)
+    plans = parallel.plan_all(paths, jobs=2)
+    assert [plan.wheel.path for plan in plans] == paths
+    taken: dict[str, list[int]] = {}
+    for line in log.read_text().splitlines():
+        pid, name = line.split()
+        taken.setdefault(pid, []).append(names.index(name))
+    assert len(taken) == 2 and sorted(i for run in taken.values() for i in run) == list(range(8))
+    one_after_the_other = sum(
+        later == earlier + 1 for run in taken.values() for earlier, later in zip(run, run[1:])
+    )
+    assert one_after_the_other >= 5  # 6 in two runs of 4; a wheel taken from the other's end: 5
+
+
 def test_jobs_must_be_positive(wheels: list[Path], tmp_path: Path) -> None:
     run = pipfix("patch-wheel", "-j", "0", "-o", str(tmp_path), str(wheels[0]))
     assert run.returncode == 2 and "must be at least 1" in run.stderr

@@ -3,7 +3,8 @@
 Verifying a wheel (inflate and hash every member) and running the codemods
 are CPU-bound and independent from wheel to wheel, so a run over many wheels
 (``patch-wheel`` on a directory of them, ``apply --all``) forks workers that
-each verify, plan, build and check one wheel at a time, while one helper
+each verify, plan, build and check one wheel at a time, a run of one project's
+consecutive releases each (``work_order``), while one helper
 (``transform_server``, forked first) imports libcst once and transforms for
 all of them, each distinct source once (without it, a source file met in
 several wheels is transformed by one worker and read by the others:
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from . import patcher, wheelfile
+from .errors import PipfixError
 from .forking import fork_is_safe, planned_workers
 from .shared_results import SharedResults
 
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 
     from .store import PreparedReplace
     from .transform_server import TransformServer
+    from .work_order import WorkOrder
 
 # A serial run verifies and screens this many wheels ahead of the one whose
 # plan it finishes: their modules go to the transform helper meanwhile.
@@ -99,9 +102,12 @@ def plan_all(
     early = transform_helper.take_early_server()
     server = early or transform_server.TransformServer.start(paths, use_cache)
     import multiprocessing  # with concurrent.futures: 10-20 ms, for runs that fork only
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from .work_order import WorkOrder
 
     context = multiprocessing.get_context("fork")
+    order = WorkOrder(paths, workers, context)
     shared = _shared_directory()
     lifeline = _lifeline()
     try:
@@ -109,27 +115,39 @@ def plan_all(
             max_workers=workers,
             mp_context=context,
             initializer=_join_run,
-            initargs=(shared, server, lifeline),
+            initargs=(shared, server, lifeline, order),
         ) as pool:
             # The objects of the imports so far stay in the workers' memory as forked:
             # a collection there would relink (write) every one of them, copying its page.
             gc.freeze()
             try:
                 futures = [
-                    pool.submit(_plan_and_build, path, use_cache, inputs_needed, prepare)
-                    for path in paths
+                    pool.submit(_plan_claimed, use_cache, inputs_needed, prepare) for _ in paths
                 ]
             finally:
                 gc.unfreeze()
+            planned: dict[int, _Planned] = {}
+            failed: dict[int, PipfixError] = {}
             try:
-                for index, future in enumerate(futures):
-                    plan, prepared = future.result()
-                    plans.append(plan)
-                    if on_plan is not None:
-                        on_plan(index, plan, prepared)
+                # Plans come in the workers' order (``work_order``); each is handed on in
+                # input order as soon as those before it are in, and the first error in
+                # input order ends the run once every wheel before it planned well.
+                for future in as_completed(futures):
+                    index, result, error = future.result()
+                    if result is not None:
+                        planned[index] = result
+                    elif error is not None:
+                        failed[index] = error
+                    while len(plans) in planned:
+                        plan, prepared = planned.pop(len(plans))
+                        plans.append(plan)
+                        if on_plan is not None:
+                            on_plan(len(plans) - 1, plan, prepared)
+                    if len(plans) in failed:
+                        raise failed[len(plans)]
             except BaseException:
                 pool.shutdown(cancel_futures=True)  # do not plan what will not be written
-                _discard_prepared(futures[len(plans):])
+                _discard_prepared(futures, handed=len(plans))
                 raise
             return plans
     finally:
@@ -165,14 +183,15 @@ def _prepared_output(plan: patcher.WheelPlan, prepare: Prepare | None) -> Prepar
     return prepared
 
 
-def _discard_prepared(futures: Sequence[Future[_Planned]]) -> None:
-    """Drop the outputs that workers prepared for a run that failed (after the
-    pool's shutdown: no worker writes any more)."""
+def _discard_prepared(futures: Sequence[Future[_Claimed]], handed: int) -> None:
+    """Drop the outputs that workers prepared for a run that failed, but those of
+    the first ``handed`` wheels, handed over (after the pool's shutdown: no
+    worker writes any more)."""
     for future in futures:
         if future.done() and not future.cancelled() and future.exception() is None:
-            prepared = future.result()[1]
-            if prepared is not None:
-                prepared.discard()
+            index, result, _error = future.result()
+            if index >= handed and result is not None and result[1] is not None:
+                result[1].discard()
 
 
 def _shared_directory() -> Path | None:
@@ -192,13 +211,22 @@ def _lifeline() -> tuple[int, int] | None:
         return None
 
 
+_order: WorkOrder | None = None
+
+
 def _join_run(
-    shared: Path | None, server: TransformServer | None, lifeline: tuple[int, int] | None
+    shared: Path | None,
+    server: TransformServer | None,
+    lifeline: tuple[int, int] | None,
+    order: WorkOrder,
 ) -> None:
     """In a worker: end with the parent (``_end_with_the_parent``), have the run's
     transform server compute the transforms, or share their results with the run's
-    other workers where it cannot, and reuse the payloads of the wheel verified just
-    before (for its whole life)."""
+    other workers where it cannot, take its wheels from ``order``, and reuse the
+    payloads of the wheel verified just before (for its whole life)."""
+    global _order
+    order.join()
+    _order = order
     if lifeline is not None:
         _end_with_the_parent(lifeline, shared)
     helper = None if server is None else server.join()
@@ -226,6 +254,20 @@ def _end_with_the_parent(lifeline: tuple[int, int], shared: Path | None) -> None
 
 
 _Planned = tuple[patcher.WheelPlan, Optional["PreparedReplace"]]
+_Claimed = tuple[int, Optional[_Planned], Optional[PipfixError]]
+
+
+def _plan_claimed(use_cache: bool, input_needed: bool, prepare: Prepare | None) -> _Claimed:
+    """In a worker: the next wheel of its run (``work_order``) planned
+    (``_plan_and_build``), with its index; a ``PipfixError`` comes back with the
+    index too, for the parent to raise the first in input order (another
+    exception, a bug, ends the run as it comes)."""
+    assert _order is not None, "a worker joins the run first"
+    index = _order.claim()
+    try:
+        return index, _plan_and_build(_order.paths[index], use_cache, input_needed, prepare), None
+    except PipfixError as error:
+        return index, None, error
 
 
 def _plan_and_build(

@@ -7,6 +7,7 @@ import hashlib
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from pipfix.codemods.model import SourceResult
 from pipfix.errors import PipfixError, VerificationError
 from pipfix.shared_results import SharedResults
 
-from conftest import pipfix
+from conftest import IN_CI, SRC, clean_env, pipfix, run
 
 NAMES = (
     "pip-20.0.2-py2.py3-none-any.whl",
@@ -263,6 +264,32 @@ def test_a_worker_plans_consecutive_releases_one_after_the_other(
         later == earlier + 1 for run in taken.values() for earlier, later in zip(run, run[1:])
     )
     assert one_after_the_other >= 5  # 6 in two runs of 4; a wheel taken from the other's end: 5
+
+
+def test_where_processes_cannot_share_semaphores_a_run_over_many_wheels_is_serial(
+    wheels: list[Path], tmp_path: Path
+) -> None:
+    """A read-only /dev/shm (some sandboxes and chroots; a missing one alike): no
+    process pool can run there, so a run that would fork workers plans its
+    wheels in one process, with the same outputs, instead of failing."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("unshare"):
+        if IN_CI:
+            pytest.fail("CI needs root and unshare for a mount namespace")
+        pytest.skip("needs root and unshare for a mount namespace")
+    outputs = {}
+    for shm in ("usable", "read-only"):
+        out = tmp_path / shm
+        out.mkdir()
+        command = [sys.executable, "-m", "pipfix", "patch-wheel", "--no-cache", "-j", "2"]
+        command += ["-o", str(out), *map(str, wheels)]
+        if shm == "read-only":
+            mount = 'mount -t tmpfs -o ro,size=1m tmpfs /dev/shm && exec "$@"'
+            command = ["unshare", "--mount", "sh", "-c", mount, "sh", *command]
+        result = run(command, env=clean_env(PYTHONPATH=str(SRC)))
+        assert result.returncode == 0, result.stderr
+        outputs[shm] = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert outputs["read-only"] == outputs["usable"]
+    assert sorted(outputs["usable"]) == sorted(NAMES)
 
 
 def test_jobs_must_be_positive(wheels: list[Path], tmp_path: Path) -> None:

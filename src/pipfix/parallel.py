@@ -16,8 +16,9 @@ in.  The output bytes are the same either way: a plan depends only on its input.
 
 Serial instead when forking is not safe or not worth it: fewer than
 ``forking.MIN_WHEELS`` wheels (unless ``jobs`` asks for workers), one CPU, a
-platform other than Linux, or other threads alive in this process (a fork
-copies their locks, held or not).  A serial run still leaves libcst to one
+platform other than Linux, other threads alive in this process (a fork
+copies their locks, held or not), or no semaphores that processes can share
+(no usable /dev/shm: a pool cannot run).  A serial run still leaves libcst to one
 forked helper where it may (``transform_helper``): it verifies and screens
 each wheel, and the next one, while the helper imports libcst and transforms.
 """
@@ -86,8 +87,9 @@ def plan_all(
     if prepare is not None and on_plan is None:
         raise TypeError("prepare needs on_plan, which takes what it prepared")
     workers = planned_workers(len(paths), jobs)
+    order = _work_order(paths, workers) if workers > 1 and fork_is_safe() else None
     plans: list[patcher.WheelPlan] = []
-    if workers < 2 or not fork_is_safe():
+    if order is None:
         with wheelfile.reusing_payloads(), patcher.transforms_in_a_helper(paths, use_cache):
             started: deque[patcher.PlanInProgress] = deque()
             for path in paths:
@@ -101,19 +103,14 @@ def plan_all(
 
     early = transform_helper.take_early_server()
     server = early or transform_server.TransformServer.start(paths, use_cache)
-    import multiprocessing  # with concurrent.futures: 10-20 ms, for runs that fork only
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from .work_order import WorkOrder
-
-    context = multiprocessing.get_context("fork")
-    order = WorkOrder(paths, workers, context)
     shared = _shared_directory()
     lifeline = _lifeline()
     try:
         with ProcessPoolExecutor(
             max_workers=workers,
-            mp_context=context,
+            mp_context=order.context,
             initializer=_join_run,
             initargs=(shared, server, lifeline, order),
         ) as pool:
@@ -159,6 +156,21 @@ def plan_all(
             shutil.rmtree(shared, ignore_errors=True)
         for end in lifeline or ():
             os.close(end)
+
+
+def _work_order(paths: Sequence[Path], workers: int) -> WorkOrder | None:
+    """The order in which ``workers`` workers take ``paths`` (``work_order``); None
+    where this system has no semaphores that processes share (no /dev/shm, or a
+    read-only one, in some sandboxes and chroots): no pool could run, so the run
+    is serial."""
+    import multiprocessing  # with concurrent.futures: 10-20 ms, for runs that fork only
+
+    from .work_order import WorkOrder
+
+    try:
+        return WorkOrder(paths, workers, multiprocessing.get_context("fork"))
+    except OSError:
+        return None
 
 
 def _finish_next(

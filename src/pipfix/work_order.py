@@ -31,7 +31,9 @@ class WorkOrder:
     workers forked after it share (``fork`` context only: nothing is pickled)."""
 
     def __init__(self, paths: Sequence[Path], workers: int, context: BaseContext) -> None:
+        """Raises OSError where the system has no semaphores that processes share."""
         self.paths = tuple(paths)
+        self.context = context
         runs = runs_of(self.paths, workers)
         self._runs = len(runs)
         self._lock = context.Lock()

@@ -113,6 +113,35 @@ def test_jobs_do_not_change_the_output(wheels: list[Path], tmp_path: Path) -> No
     assert sorted(outputs["1"]) == sorted(NAMES)  # nothing else left in the output directory
 
 
+def test_a_run_into_the_same_directory_removes_what_a_killed_run_left_there(
+    wheels: list[Path], tmp_path: Path
+) -> None:
+    """patch-wheel -o killed after writing every output's temporary file, before the
+    first rename: nothing is in place, and the next run into that directory
+    (under its lock) removes the killed run's files and leaves only the wheels."""
+    out = tmp_path / "out"
+    out.mkdir()
+    command = ("patch-wheel", "--no-cache", "-j", "1", "-o", str(out), *map(str, wheels))
+    traced = pipfix(*command, env=clean_env(PYTHONPATH=str(SRC), PIPFIX_TEST_TRACE_STEPS="1"))
+    steps = [line.split(" ", 3)[2] for line in traced.stderr.splitlines()]
+    assert steps == ["write"] * len(wheels) + ["rename"] * len(wheels), traced.stderr
+    written = {p.name: p.read_bytes() for p in out.iterdir()}
+    for path in out.iterdir():
+        path.unlink()
+    killed = pipfix(
+        *command,
+        env=clean_env(PYTHONPATH=str(SRC), PIPFIX_TEST_KILL_AT_STEP=str(len(wheels) + 1)),
+    )
+    assert killed.returncode == -9
+    assert [p.name for p in out.iterdir()] == [".pipfix"]
+    left = sorted(p.name for p in out.rglob("*.whl"))
+    assert left == sorted(NAMES)
+    again = pipfix(*command)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(NAMES)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == written
+
+
 @pytest.mark.parametrize("bad", [0, -1], ids=["first", "last"])
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_outputs_prepared_early_are_dropped_when_a_wheel_is_bad(

@@ -505,9 +505,9 @@ def _patch_into(
     """patch-wheel -o: each patched output is written and verified next to its final
     name as soon as its plan is made, by the process that made it (a worker's
     output is not sent back), and renamed into place only once every input
-    verified; a failure drops them all."""
-    state_dir = store.state_dir_for(destination_dir / "output.whl")
-    had_state_dir = state_dir.exists()
+    verified; a failure drops them all.  Under the output directory's lock: a
+    run writing there meanwhile waits, and the temporary files of a run killed
+    there are removed first."""
     prepared: dict[int, store.PreparedReplace] = {}
 
     def take(index: int, plan: WheelPlan, ready: store.PreparedReplace | None) -> None:
@@ -515,37 +515,36 @@ def _patch_into(
             prepared[index] = ready
 
     renamed = False
-    try:
-        # Each input is read once: the output of an input replaced during the run is
-        # that of the bytes read and verified (the input itself is never written).
-        plans = parallel.plan_all(
-            paths,
-            use_cache=use_cache,
-            jobs=jobs,
-            on_plan=take,
-            inputs_needed=False,
-            prepare=functools.partial(_output_into, destination_dir),
-        )
-        reports = []
-        for index, plan in enumerate(plans):
-            ready = prepared.pop(index, None)
-            if ready is not None:
-                ready.commit(sync_directory=False)
-                renamed = True
-                reports.append(_written(plan, ready.path, None))
-            else:
-                reports.append(_patch_one(plan, destination_dir))
-        if renamed:
-            store.sync_renames(destination_dir)
-            renamed = False
-    finally:
-        if renamed:  # a failure after some renames: those are made durable all the same
-            with contextlib.suppress(PipfixError):
+    with store.target_lock(store.state_dir_for(destination_dir / "output.whl")):
+        try:
+            # Each input is read once: the output of an input replaced during the run is
+            # that of the bytes read and verified (the input itself is never written).
+            plans = parallel.plan_all(
+                paths,
+                use_cache=use_cache,
+                jobs=jobs,
+                on_plan=take,
+                inputs_needed=False,
+                prepare=functools.partial(_output_into, destination_dir),
+            )
+            reports = []
+            for index, plan in enumerate(plans):
+                ready = prepared.pop(index, None)
+                if ready is not None:
+                    ready.commit(sync_directory=False)
+                    renamed = True
+                    reports.append(_written(plan, ready.path, None))
+                else:
+                    reports.append(_patch_one(plan, destination_dir))
+            if renamed:
                 store.sync_renames(destination_dir)
-        for ready in prepared.values():
-            ready.discard()
-        if not had_state_dir:
-            store.clean_state_dir(state_dir)
+                renamed = False
+        finally:
+            if renamed:  # a failure after some renames: those are made durable all the same
+                with contextlib.suppress(PipfixError):
+                    store.sync_renames(destination_dir)
+            for ready in prepared.values():
+                ready.discard()
     return RunReport(
         "patch-wheel", tuple(str(p) for p in paths), tuple(reports), _exit_code(plans, applied=True)
     )

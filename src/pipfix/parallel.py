@@ -72,8 +72,9 @@ def plan_all(
     ``jobs``: most worker processes to use; by default one per usable CPU from
     ``forking.MIN_WHEELS`` wheels on.  An explicit ``jobs`` above 1 forks for any two
     wheels or more; 1 is serial.  ``on_plan(index, plan, prepared)`` runs in this
-    process for each plan in input order as soon as it is there, while the
-    workers go on with the others (an error it raises ends the run).
+    process for each plan in input order as soon as it and those before it are
+    there, while the workers go on with the others (an error it raises ends the
+    run).
     ``inputs_needed`` False: the caller only writes the outputs of the wheels
     that need a patch, so a worker does not send their input bytes back
     (``VerifiedWheel.data`` is then empty: ~2 MB less to pickle and pipe per pip

@@ -19,7 +19,8 @@ from pipfix.codemods.model import SourceResult
 from pipfix.errors import PipfixError, VerificationError
 from pipfix.shared_results import SharedResults
 
-from conftest import IN_CI, SRC, clean_env, pipfix, run
+from conftest import IN_CI, SRC, clean_env, pipfix
+from conftest import run as run_command
 
 NAMES = (
     "pip-20.0.2-py2.py3-none-any.whl",
@@ -288,9 +289,9 @@ def test_a_worker_plans_consecutive_releases_one_after_the_other(
     for line in log.read_text().splitlines():
         pid, name = line.split()
         taken.setdefault(pid, []).append(names.index(name))
-    assert len(taken) == 2 and sorted(i for run in taken.values() for i in run) == list(range(8))
+    assert len(taken) == 2 and sorted(i for own in taken.values() for i in own) == list(range(8))
     one_after_the_other = sum(
-        later == earlier + 1 for run in taken.values() for earlier, later in zip(run, run[1:])
+        later == earlier + 1 for own in taken.values() for earlier, later in zip(own, own[1:])
     )
     assert one_after_the_other >= 5  # 6 in two runs of 4; a wheel taken from the other's end: 5
 
@@ -314,7 +315,7 @@ def test_where_processes_cannot_share_semaphores_a_run_over_many_wheels_is_seria
         if shm == "read-only":
             mount = 'mount -t tmpfs -o ro,size=1m tmpfs /dev/shm && exec "$@"'
             command = ["unshare", "--mount", "sh", "-c", mount, "sh", *command]
-        result = run(command, env=clean_env(PYTHONPATH=str(SRC)))
+        result = run_command(command, env=clean_env(PYTHONPATH=str(SRC)))
         assert result.returncode == 0, result.stderr
         outputs[shm] = {p.name: p.read_bytes() for p in out.iterdir()}
     assert outputs["read-only"] == outputs["usable"]
